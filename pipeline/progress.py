@@ -1,0 +1,55 @@
+"""Progress bar while a run works and the short table it ends with."""
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+
+class RunProgress:
+    """A rich progress bar over videos; ``update`` is the ``progress`` callback of ``pipeline.run.run``."""
+
+    def __init__(self, console: Console):
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=console, transient=False, disable=not console.is_terminal,
+        )
+        self.console = console
+        self.task = None
+        self.last = None
+
+    def __enter__(self) -> "RunProgress":
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.__exit__(*exc)
+
+    def update(self, description: str, done: int, total: int) -> None:
+        if self.task is None:
+            self.task = self.progress.add_task(description, total=total)
+        self.progress.update(self.task, description=description, completed=done, total=total)
+        if not self.console.is_terminal and description != self.last:
+            # Logs of scheduled runs (Airflow, CI) get one line per step instead of a bar.
+            self.console.print(f"[{done}/{total}] {description}", markup=False, highlight=False)
+        self.last = description
+
+
+def print_summary(console: Console, summary) -> None:
+    table = Table(title="reelscope run", show_header=False, title_justify="left")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    table.add_row("videos found", str(summary.discovered))
+    table.add_row("processed ok", str(summary.ok))
+    table.add_row("failed", str(summary.failed))
+    table.add_row("skipped (already done)", str(summary.skipped))
+    table.add_row("shards written", str(summary.shards))
+    table.add_row("keyframes", str(summary.keyframes))
+    table.add_row("transcript segments", str(summary.segments))
+    table.add_row("summaries", str(summary.summaries))
+    table.add_row("wall time", f"{summary.wall_s:.1f} s")
+    for name, seconds in summary.stage_seconds.items():
+        table.add_row(f"  {name}", f"{seconds:.1f} s")
+    console.print(table)
+    for uri, error in summary.failures:
+        console.print(f"failed: {uri}: {error}", markup=False, highlight=False)

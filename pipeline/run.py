@@ -1,0 +1,173 @@
+"""The entry point: discover → skip done → shard → Ray stages → write shard → commit.
+
+``run(config)`` is what the CLI, the Airflow operators and Ray Jobs call.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from pipeline.config import PIPELINE_VERSION, RunConfig
+from pipeline.discover import MediaItem, Shard, discover, plan_shards
+from pipeline.executor import RayExecutor, ensure_ray
+from pipeline.rows import build_tables
+from pipeline.stages.decode import MediaDecoder
+from pipeline.stages.models import Blip2Captioner, ClipEmbedder, LlmSummarizer, WhisperTranscriber
+from pipeline.tables import Output
+from pipeline.task import VideoTask
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunSummary:
+    discovered: int = 0
+    ok: int = 0
+    failed: int = 0
+    skipped: int = 0
+    shards: int = 0
+    keyframes: int = 0
+    segments: int = 0
+    summaries: int = 0
+    wall_s: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (uri, error)
+    manifests: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def build_stages(config: RunConfig) -> tuple[MediaDecoder, list]:
+    gpu = config.device != "cpu"
+    common = {"cache_dir": config.cache_dir, "storage_options": dict(config.storage_options)}
+    m = config.models
+
+    def res(cpus: float, gpus: float):
+        from pipeline.config import Resources
+
+        return Resources(cpus=cpus, gpus=gpus if gpu else 0.0)
+
+    # Fractional CPUs leave whole cores for decode tasks and the driver's reads/writes (on 2 cores whole-CPU
+    # actors starved the decode tasks); GPU shares add up to one GPU per set of actors.
+    stages = [
+        WhisperTranscriber(spec=m.asr, resources=res(0.25, 0.3), batch_size=max(1, m.asr.batch_size // 2), **common),
+        Blip2Captioner(spec=m.captioner, resources=res(0.25, 0.3), batch_size=4, **common),
+        ClipEmbedder(spec=m.embedder, resources=res(0.25, 0.1), batch_size=8, **common),
+        LlmSummarizer(spec=m.summarizer, resources=res(0.25, 0.3), batch_size=1, **common),
+    ]
+    decoder = MediaDecoder(keyframes=config.keyframes, storage_options=dict(config.storage_options))
+    return decoder, stages
+
+
+def plan(config: RunConfig, items: Sequence[MediaItem] | None = None) -> tuple[Output, list[MediaItem], list[Shard], int]:
+    """Discover inputs (unless given) and decide which shards to run; cheap, touches no model."""
+    output = Output(config.output, config.storage_options, config.partition)
+    if items is None:
+        items = discover(config.input, config.storage_options)
+        if config.include:
+            wanted = set(config.include)
+            items = [i for i in items if i.uri in wanted]
+    shards, skipped = plan_shards(
+        list(items), output.manifests(), config.fingerprint(), config.shard_size, force=config.force
+    )
+    return output, list(items), shards, skipped
+
+
+def run(
+    config: RunConfig,
+    items: Sequence[MediaItem] | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> RunSummary:
+    """Process every pending video of the config's input into the output tables.
+
+    ``progress(description, done_videos, total_videos)`` is called as work advances.
+    """
+    started = time.perf_counter()
+    output, items, shards, skipped = plan(config, items)
+    output.check_writable()
+    summary = RunSummary(discovered=len(items), skipped=skipped)
+    todo = sum(len(s.items) for s in shards)
+    log.info("%d media found, %d to process in %d shard(s), %d already done", len(items), todo, len(shards), skipped)
+    if not shards:
+        summary.wall_s = time.perf_counter() - started
+        return summary
+    ensure_ray(config.ray_address)
+    decoder, stages = build_stages(config)
+    executor = RayExecutor(decoder, stages, device=config.device)
+    if progress:
+        progress("loading models", 0, todo)
+    executor.start()
+    done = 0
+    try:
+        for n, shard in enumerate(shards, 1):
+            tasks = [VideoTask(i.video_id, i.uri, i.input_fingerprint, i.size) for i in shard.items]
+
+            def on_stage(name: str, n=n) -> None:
+                if progress:
+                    progress(f"shard {n}/{len(shards)}: {name}", done, todo)
+
+            tasks = executor.run_shard(tasks, on_stage)
+            write_start = time.perf_counter()
+            manifest = _write(output, config, shard, tasks, executor.model_info)
+            executor.stage_seconds["write"] = executor.stage_seconds.get("write", 0.0) + time.perf_counter() - write_start
+            summary.manifests.append(output.manifest_path(shard.shard_id))
+            summary.shards += 1
+            for t in tasks:
+                if t.ok:
+                    summary.ok += 1
+                else:
+                    summary.failed += 1
+                    summary.failures.append((t.uri, t.error))
+            files = manifest["files"]
+            summary.keyframes += files["keyframes"]["rows"]
+            summary.segments += files["segments"]["rows"]
+            summary.summaries += files["summaries"]["rows"]
+            done += len(tasks)
+            if progress:
+                progress(f"shard {n}/{len(shards)}: written", done, todo)
+    finally:
+        executor.stop()
+    summary.stage_seconds = dict(executor.stage_seconds)
+    summary.wall_s = time.perf_counter() - started
+    return summary
+
+
+def _write(output: Output, config: RunConfig, shard: Shard, tasks: list[VideoTask], model_info: dict) -> dict:
+    names = {
+        "asr": model_info["transcribe"]["name"],
+        "captioner": model_info["caption"]["name"],
+        "embedder": model_info["embed"]["name"],
+        "summarizer": model_info["summarize"]["name"],
+    }
+    dim = model_info["embed"]["dim"]
+    now = dt.datetime.now(dt.timezone.utc)
+    tables = build_tables(
+        tasks,
+        shard_id=shard.shard_id,
+        config_fingerprint=config.fingerprint(),
+        embedding_dim=dim,
+        model_names=names,
+        processed_at=now,
+    )
+    manifest = {
+        "pipeline_version": PIPELINE_VERSION,
+        "config_fingerprint": config.fingerprint(),
+        "profile": config.profile,
+        "models": names,
+        "embedding_dim": dim,
+        "committed_at": now.isoformat(),
+        "videos": [
+            {"video_id": t.video_id, "uri": t.uri, "input_fingerprint": t.input_fingerprint, "status": "ok" if t.ok else "failed"}
+            for t in tasks
+        ],
+        "stats": {
+            "ok": sum(t.ok for t in tasks),
+            "failed": sum(not t.ok for t in tasks),
+            "seconds": {k: round(sum(t.seconds.get(k, 0.0) for t in tasks), 3) for k in ("decode", "transcribe", "caption", "embed", "summarize")},
+        },
+    }
+    return output.write_shard(shard.shard_id, tables, manifest)

@@ -1,0 +1,61 @@
+"""MediaDecoder: fetch a video, probe it, pick keyframes and decode its audio (CPU, no models)."""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping
+
+import fsspec
+
+from pipeline.config import KeyframeSettings, Resources
+from pipeline.media.audio import extract_audio
+from pipeline.media.keyframes import extract_keyframes
+from pipeline.media.probe import MediaError, probe
+from pipeline.stages.base import Stage
+from pipeline.task import FrameRecord, VideoTask
+
+
+@contextlib.contextmanager
+def local_copy(uri: str, storage_options: Mapping[str, Any]) -> Iterator[str]:
+    """A local path for the URI: the file itself when local, else a temporary download removed afterwards."""
+    fs, path = fsspec.core.url_to_fs(uri, **dict(storage_options))
+    if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+        yield path
+        return
+    suffix = os.path.splitext(path)[1]
+    with tempfile.NamedTemporaryFile(suffix=suffix, prefix="reelscope-") as tmp:
+        fs.get_file(path, tmp.name)
+        yield tmp.name
+
+
+@dataclass
+class MediaDecoder(Stage):
+    name: str = "decode"
+    resources: Resources = field(default_factory=lambda: Resources(cpus=0.5))
+    batch_size: int = 1
+    keyframes: KeyframeSettings = field(default_factory=KeyframeSettings)
+    storage_options: Mapping[str, Any] = field(default_factory=dict)
+
+    def process(self, tasks: list[VideoTask]) -> None:
+        for task in tasks:
+            try:
+                self._decode(task)
+            except Exception as exc:
+                task.fail(self.name, exc)
+
+    def _decode(self, task: VideoTask) -> None:
+        if task.input_fingerprint == "missing":
+            raise MediaError(f"listed in the manifest but not found: {task.uri}")
+        if task.size == 0:
+            # Decoders report an empty file in unhelpful ways; say it plainly.
+            raise MediaError("empty file (0 bytes)")
+        with local_copy(task.uri, self.storage_options) as path:
+            info = probe(path)
+            task.probe = info
+            task.frames = [
+                FrameRecord(k.frame_index, k.timestamp_s, k.jpeg, k.width, k.height, k.scene_score)
+                for k in extract_keyframes(path, self.keyframes, info)
+            ]
+            task.audio = extract_audio(path, info) if info.has_audio else None
