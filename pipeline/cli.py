@@ -1,6 +1,7 @@
 """reelscope command line: run | sample | digest (and the query commands)."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 from pathlib import Path
@@ -93,26 +94,121 @@ def digest(output: str = typer.Option(..., "--output", "-o", help="Output root w
     print_digest(out, output)
 
 
+_OUTPUT_HELP = "Output root written by `reelscope run`: a local folder or an fsspec URI."
+_CONFIG_HELP = "The YAML file given to `reelscope run`: its storage_options and cache_dir apply."
+
+
+@contextlib.contextmanager
+def _query(output: str, config: Optional[Path]):
+    """A DuckDB connection over the output's committed tables; query errors become one-line user errors."""
+    from pipeline.config import load_config
+    from pipeline.query import QueryError, open_snapshot
+    from pipeline.query.sql import connect
+
+    cfg = load_config("", output, config_file=str(config) if config else None)
+    try:
+        snapshot = open_snapshot(output, cfg.storage_options)
+        with connect(snapshot) as con:
+            yield con, snapshot, cfg
+    except QueryError as exc:
+        raise UserError(str(exc)) from None
+
+
+@app.command()
+def search(
+    query: Optional[str] = typer.Argument(None, help="What to look for, in words."),
+    output: str = typer.Option(..., "--output", "-o", help=_OUTPUT_HELP),
+    k: int = typer.Option(10, "--k", "-k", help="How many moments to return."),
+    image: Optional[Path] = typer.Option(None, "--image", help="Search by this image (words, if given too, match the text)."),
+    json_lines: bool = typer.Option(False, "--json", help="One JSON object per moment instead of a table."),
+    model: Optional[str] = typer.Option(None, "--model", help="Which stored embedding model to search, when keyframes hold several."),
+    config: Optional[Path] = typer.Option(None, "--config", help=_CONFIG_HELP),
+) -> None:
+    """Find moments: keyframes like the query (CLIP), and captions, transcripts and summaries that say it."""
+    import json
+
+    from pipeline.query.search import print_moments
+    from pipeline.query.search import search as run_search
+
+    picture = None
+    if image is not None:
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            picture = Image.open(image).convert("RGB")
+        except UnidentifiedImageError:
+            raise UserError(f"{image} is not an image that can be read") from None
+    with _query(output, config) as (con, snapshot, cfg):
+        moments = run_search(con, snapshot, text=query, image=picture, k=k, model=model, cache_dir=cfg.cache_dir)
+    if json_lines:
+        for m in moments:
+            out.out(json.dumps(m.as_dict(), ensure_ascii=False), highlight=False)
+    else:
+        print_moments(out, moments)
+
+
+@app.command()
+def sql(
+    query: str = typer.Argument(..., help="One SQL statement over the views videos, keyframes, segments, summaries."),
+    output: str = typer.Option(..., "--output", "-o", help=_OUTPUT_HELP),
+    json_lines: bool = typer.Option(False, "--json", help="One JSON object per row (all rows) instead of a table."),
+    max_rows: int = typer.Option(100, "--max-rows", help="Rows shown in the table (--json prints all)."),
+    config: Optional[Path] = typer.Option(None, "--config", help=_CONFIG_HELP),
+) -> None:
+    """Run SQL (DuckDB) over the four tables, local or remote, with nothing to download."""
+    from pipeline.query.sql import json_lines as to_json_lines
+    from pipeline.query.sql import print_rows, run_sql
+
+    with _query(output, config) as (con, _, _):
+        rows = run_sql(con, query)
+    if json_lines:
+        for line in to_json_lines(rows):
+            out.out(line, highlight=False)
+    else:
+        print_rows(out, rows, max_rows)
+
+
+@app.command()
+def show(
+    video: str = typer.Argument(..., help="A video_id, a unique prefix of one, or the video's file name."),
+    output: str = typer.Option(..., "--output", "-o", help=_OUTPUT_HELP),
+    html: Optional[Path] = typer.Option(None, "--html", help="Write a self-contained HTML page here instead."),
+    config: Optional[Path] = typer.Option(None, "--config", help=_CONFIG_HELP),
+) -> None:
+    """One video: keyframes with captions, transcript and summary, in the terminal or as an HTML page."""
+    from pipeline.query.show import find_video, load_digest, print_video
+
+    with _query(output, config) as (con, _, _):
+        digest = load_digest(con, find_video(con, video))
+    if html is None:
+        print_video(out, digest)
+        return
+    from pipeline.query.page import render_html
+
+    html.parent.mkdir(parents=True, exist_ok=True)
+    html.write_text(render_html(digest), encoding="utf-8")
+    out.print(str(html), markup=False, highlight=False)
+
+
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)
     except _user_errors() as exc:
-        err.print(f"reelscope: error: {exc}", markup=False, highlight=False)
+        print(f"reelscope: error: {exc}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        err.print("reelscope: interrupted", markup=False)
+        print("reelscope: interrupted", file=sys.stderr)
         sys.exit(130)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except Exception as exc:  # click's usage errors and aborts arrive here in standalone_mode=False
-        import click
-
-        if isinstance(exc, click.ClickException):
-            err.print(f"reelscope: error: {exc.format_message()}", markup=False, highlight=False)
+    except Exception as exc:
+        # Usage errors come from the click that typer vendors; they carry their own message and status.
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
+            prefix = "" if type(exc).__name__ == "NoArgsIsHelpError" else "reelscope: error: "
+            print(f"{prefix}{exc.format_message()}", file=sys.stderr)
             sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(1)
         raise
+    sys.exit(rc if isinstance(rc, int) else 0)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,10 @@ class _StageActor:
         self.device = device
 
     def setup(self) -> str:
+        from transformers.utils import logging as hf_logging
+
+        # Per-load progress bars from every actor would drown the run's own progress.
+        hf_logging.disable_progress_bar()
         _set_threads(self.stage.resources.cpus, self.device)
         self.stage.setup(self.device)
         return self.stage.name

@@ -52,4 +52,4 @@ def print_summary(console: Console, summary) -> None:
         table.add_row(f"  {name}", f"{seconds:.1f} s")
     console.print(table)
     for uri, error in summary.failures:
-        console.print(f"failed: {uri}: {error}", markup=False, highlight=False)
+        console.print(f"failed: {uri}: {error}", markup=False, highlight=False, soft_wrap=True)

@@ -5,6 +5,12 @@ Remote outputs are read through their fsspec filesystem (``register_filesystem``
 """
 from __future__ import annotations
 
+import base64
+import datetime as dt
+import decimal
+import json
+import math
+
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -41,7 +47,7 @@ def connect(snapshot: Snapshot) -> duckdb.DuckDBPyConnection:
         select = "*"
         if table == "keyframes" and len(dims) == 1:
             # Parquet stores fixed-size lists as plain lists; the array type is what the vector functions take.
-            select = f"* REPLACE (embedding::FLOAT[{dims.pop()}] AS embedding)"
+            select = f"* REPLACE (embedding::FLOAT[{next(iter(dims))}] AS embedding)"
         con.execute(
             f"CREATE VIEW {table} AS SELECT {select} FROM read_parquet([{files}], "
             f"union_by_name = true, hive_partitioning = {str(hive).lower()})"
@@ -56,3 +62,55 @@ def run_sql(con: duckdb.DuckDBPyConnection, query: str) -> pa.Table:
         return relation.to_arrow_table() if relation is not None else pa.table({})
     except duckdb.Error as exc:
         raise QueryError(str(exc).strip().splitlines()[0]) from None
+
+
+def _jsonable(value):
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # strict JSON has no NaN or Infinity
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def json_lines(table: pa.Table):
+    """One JSON object per row; binary columns (JPEG images) as base64, times as ISO 8601."""
+    for batch in table.to_batches():
+        for row in batch.to_pylist():
+            yield json.dumps(_jsonable(row), ensure_ascii=False)
+
+
+def _cell(value) -> str:
+    if isinstance(value, bytes):
+        return f"<{len(value) / 1024:.1f} kB>"
+    if isinstance(value, (list, tuple)) and len(value) > 6:
+        return "[" + ", ".join(_cell(v) for v in value[:3]) + f", … {len(value)} items]"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if value is None:
+        return "NULL"
+    text = str(value)
+    return text if len(text) <= 200 else text[:199] + "…"
+
+
+def print_rows(console, table: pa.Table, max_rows: int) -> None:
+    from rich.table import Table
+    from rich.text import Text
+
+    out = Table(header_style="bold")
+    for name in table.column_names:
+        out.add_column(name, overflow="fold")
+    for row in table.slice(0, max_rows).to_pylist():
+        out.add_row(*(Text(_cell(v)) for v in row.values()))
+    console.print(out)
+    more = f", {max_rows} shown (--max-rows)" if table.num_rows > max_rows else ""
+    console.print(f"{table.num_rows} row{'s' if table.num_rows != 1 else ''}{more}", highlight=False)

@@ -1,0 +1,33 @@
+"""Entry points for orchestrators: list-and-shard, run-shard, validate-and-publish.
+
+Airflow operators and Ray Jobs call these (``python -m pipeline.orchestrate run-shard <shard list>``); they
+pass URIs and counts, never data, and import no Airflow. Each step is idempotent: a retry or a rerun
+rewrites the same deterministic shards and the same run manifest.
+"""
+from pipeline.orchestrate.interval import as_utc, items_in_interval, partition_for_interval
+from pipeline.orchestrate.plan import build_config, list_and_shard, read_json, result_path, run_key, run_shard
+from pipeline.orchestrate.storage import (
+    merge_storage_options,
+    storage_options_from_connection,
+    storage_options_from_env,
+    without_secrets,
+)
+from pipeline.orchestrate.validate import ValidationError, validate_and_publish
+
+__all__ = [
+    "ValidationError",
+    "as_utc",
+    "build_config",
+    "items_in_interval",
+    "list_and_shard",
+    "merge_storage_options",
+    "partition_for_interval",
+    "read_json",
+    "result_path",
+    "run_key",
+    "run_shard",
+    "storage_options_from_connection",
+    "storage_options_from_env",
+    "validate_and_publish",
+    "without_secrets",
+]

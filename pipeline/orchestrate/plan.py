@@ -1,0 +1,197 @@
+"""list-and-shard and run-shard: the two halves of a fanned-out run.
+
+``list_and_shard`` lists the media, decides what is pending with the same ``plan_shards`` the library run
+uses, and writes one shard list per planned shard under ``<output>/_plans/<run>/``::
+
+    plan.json            what the run is: input, output, partition, profile, shard lists (written last)
+    inputs.txt           every listed input, one URI a line (what validation accounts for)
+    shard-00000.txt      the URIs of one shard; ``discover`` reads it as a manifest
+    shard-00000.result.json   counts, written by ``run_shard`` when the shard is done
+
+Each shard list holds exactly one planned shard, so running it reproduces that shard under its
+deterministic id: a retried or repeated shard rewrites the same files instead of adding rows.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+import math
+import posixpath
+import re
+from typing import Any, Mapping
+
+from pipeline.config import RunConfig, load_config
+from pipeline.discover import Shard, discover, plan_shards
+from pipeline.orchestrate.interval import as_utc, items_in_interval, partition_for_interval
+from pipeline.orchestrate.storage import merge_storage_options, storage_options_from_env
+from pipeline.tables import Output, open_output
+
+log = logging.getLogger(__name__)
+
+PLANS_DIR = "_plans"
+PLAN_FILE = "plan.json"
+INPUTS_FILE = "inputs.txt"
+COUNTS = ("discovered", "ok", "failed", "skipped", "shards", "keyframes", "segments", "summaries")
+
+
+def run_key(run_id: str) -> str:
+    """A run id (Airflow's hold ``:`` and ``+``) as one safe path segment."""
+    key = re.sub(r"[^A-Za-z0-9._=-]+", "_", run_id).strip("._")
+    if not key:
+        raise ValueError(f"run id {run_id!r} has no usable characters")
+    return key
+
+
+def build_config(
+    input_uri: str, output_uri: str, storage_options: Mapping[str, Any] | None = None, **settings: Any
+) -> RunConfig:
+    """A RunConfig whose storage options layer the environment, the caller's options and the config
+    file's own ``storage_options`` (later wins)."""
+    config = load_config(input_uri, output_uri, **settings)
+    opts = merge_storage_options(storage_options_from_env(), storage_options, config.storage_options)
+    return dataclasses.replace(config, storage_options=opts)
+
+
+def _write_text(fs, path: str, text: str) -> None:
+    fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    fs.pipe_file(path, text.encode())
+
+
+def read_json(uri: str, storage_options: Mapping[str, Any] | None = None) -> dict:
+    fs, path = open_output(uri, storage_options)
+    return json.loads(fs.cat_file(path))
+
+
+def _plan(items, output: Output, config: RunConfig, max_shards: int) -> tuple[list[Shard], int, int]:
+    committed = output.manifests()
+    size = config.shard_size
+    shards, skipped = plan_shards(items, committed, config.fingerprint(), size, force=config.force)
+    if len(shards) > max_shards:
+        # Airflow caps the mapped tasks of one task (core.max_map_length); bigger shards keep a sweep of
+        # any size within it, and the shards that already exist keep their members.
+        old = {m["shard_id"] for m in committed}
+        kept = sum(s.shard_id in old for s in shards)
+        fresh = sum(len(s.items) for s in shards if s.shard_id not in old)
+        if kept >= max_shards:
+            raise ValueError(f"{kept} existing shards to redo exceed the limit of {max_shards} mapped tasks")
+        size = max(size, math.ceil(fresh / (max_shards - kept)))
+        log.warning("%d shards exceed the limit of %d; using %d videos per shard", len(shards), max_shards, size)
+        shards, skipped = plan_shards(items, committed, config.fingerprint(), size, force=config.force)
+    return shards, skipped, size
+
+
+def list_and_shard(
+    input_uri: str,
+    output_uri: str,
+    run_id: str,
+    *,
+    profile: str = "tiny",
+    config_file: str | None = None,
+    shard_size: int | None = None,
+    force: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
+    interval: tuple[dt.datetime | str, dt.datetime | str] | None = None,
+    layout: str = "auto",
+    partition: str | None = None,
+    replace_partition: bool = False,
+    max_shards: int = 1024,
+) -> dict:
+    """List the media (all of it, or what arrived in ``interval``), plan the pending shards and write
+    their lists. An interval writes into its own partition (``partition_for_interval``) unless
+    ``partition`` names one; ``replace_partition`` first retracts every committed shard of the partition,
+    so that a rerun of an interval replaces it. Returns URIs and counts: ``plan``, ``shards``, ``media``,
+    ``pending``, ``skipped``, ``cleared``, ``partition``."""
+    if interval is not None and partition is None:
+        partition = partition_for_interval(*interval)
+    config = build_config(
+        input_uri, output_uri, storage_options, profile=profile, config_file=config_file,
+        shard_size=shard_size, force=force or None, partition=partition,
+    )
+    opts = config.storage_options
+    if interval is None:
+        items = discover(input_uri, opts)
+    else:
+        items = items_in_interval(input_uri, interval[0], interval[1], opts, layout)
+    output = Output(output_uri, opts, partition)
+    output.check_writable()
+    cleared = output.clear_partition() if replace_partition and partition else 0
+    if cleared:
+        log.info("retracted %d committed shard(s) of %s before replacing it", cleared, partition)
+    shards, skipped, size = _plan(items, output, config, max_shards)
+
+    plan_dir = posixpath.join(output.root, PLANS_DIR, run_key(run_id))
+    if output.fs.exists(plan_dir):
+        output.fs.rm(plan_dir, recursive=True)  # a retried listing replaces its earlier plan whole
+    _write_text(output.fs, posixpath.join(plan_dir, INPUTS_FILE), "".join(f"{i.uri}\n" for i in items))
+    shard_uris, shard_rows = [], []
+    for n, shard in enumerate(shards):
+        path = posixpath.join(plan_dir, f"shard-{n:05d}.txt")
+        body = f"# reelscope shard {shard.shard_id}\n" + "".join(f"{i.uri}\n" for i in shard.items)
+        _write_text(output.fs, path, body)
+        shard_uris.append(output.fs.unstrip_protocol(path))
+        shard_rows.append({"uri": shard_uris[-1], "shard_id": shard.shard_id, "videos": len(shard.items)})
+    plan = {
+        "run_id": run_id,
+        "input_uri": input_uri,
+        "output_uri": output_uri,
+        "partition": partition,
+        "interval": [as_utc(t).isoformat() for t in interval] if interval else None,
+        "profile": config.profile,
+        "config_file": config_file,
+        "config_fingerprint": config.fingerprint(),
+        "force": config.force,
+        "shard_size": size,
+        "media": len(items),
+        "skipped": skipped,
+        "cleared": cleared,
+        "shards": shard_rows,
+        "planned_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+    }
+    plan_path = posixpath.join(plan_dir, PLAN_FILE)
+    _write_text(output.fs, plan_path, json.dumps(plan, indent=1))
+    pending = sum(r["videos"] for r in shard_rows)
+    log.info("%d media listed, %d pending in %d shard(s), %d already done", len(items), pending, len(shards), skipped)
+    return {
+        "plan": output.fs.unstrip_protocol(plan_path),
+        "shards": shard_uris,
+        "media": len(items),
+        "pending": pending,
+        "skipped": skipped,
+        "cleared": cleared,
+        "partition": partition,
+    }
+
+
+def run_shard(
+    shard_uri: str,
+    storage_options: Mapping[str, Any] | None = None,
+    ray_address: str | None = None,
+    cache_dir: str | None = None,
+) -> dict:
+    """Run one shard list written by ``list_and_shard`` with ``pipeline.run`` (Ray: ``ray_address``,
+    ``RAY_ADDRESS`` or a local one). Returns the counts; ``<shard>.result.json`` gets them too, with the
+    failed inputs and their errors (kept out of the returned counts, which travel through XCom)."""
+    from pipeline.run import run  # models, stages and Ray: only where a shard actually runs
+
+    base = merge_storage_options(storage_options_from_env(), storage_options)
+    fs, shard_path = open_output(shard_uri, base)
+    plan = json.loads(fs.cat_file(posixpath.join(posixpath.dirname(shard_path), PLAN_FILE)))
+    config = build_config(
+        shard_uri, plan["output_uri"], base, profile=plan["profile"], config_file=plan["config_file"],
+        shard_size=plan["shard_size"], force=plan["force"] or None, partition=plan["partition"],
+        ray_address=ray_address, cache_dir=cache_dir,
+    )
+    summary = run(config)
+    counts = {k: getattr(summary, k) for k in COUNTS}
+    counts["wall_s"] = round(summary.wall_s, 2)
+    failures = [{"uri": u, "error": e} for u, e in summary.failures]
+    fs.pipe_file(result_path(shard_path), json.dumps({**counts, "failures": failures}, indent=1).encode())
+    log.info("shard %s: %d ok, %d failed, %d skipped", shard_uri, summary.ok, summary.failed, summary.skipped)
+    return counts
+
+
+def result_path(shard: str) -> str:
+    """Where a shard's counts are written (a URI for a URI, a path for a path)."""
+    return posixpath.splitext(shard)[0] + ".result.json"

@@ -1,0 +1,209 @@
+"""list-and-shard, interval selection, storage options and validation, on tables written by the real writer.
+
+A committed shard here holds failed rows (no models needed): validation only cares about schemas, row
+counts and which inputs have a ``videos`` row.
+"""
+import datetime as dt
+import json
+import os
+import posixpath
+
+import fsspec
+import pytest
+
+from pipeline.config import load_config
+from pipeline.discover import discover, video_id_for
+from pipeline.orchestrate import (
+    ValidationError,
+    items_in_interval,
+    list_and_shard,
+    merge_storage_options,
+    partition_for_interval,
+    read_json,
+    storage_options_from_connection,
+    storage_options_from_env,
+    validate_and_publish,
+)
+from pipeline.rows import build_tables
+from pipeline.tables import Output
+from pipeline.task import VideoTask
+
+UTC = dt.timezone.utc
+DAY = dt.datetime(2026, 11, 22, tzinfo=UTC)
+
+
+def _media(root, names, opts=None):
+    fs, base = fsspec.core.url_to_fs(root, **(opts or {}))
+    for name in names:
+        path = posixpath.join(base, name)
+        fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        fs.pipe_file(path, b"not really a video")
+
+
+def _commit(output, shard_uri, opts=None):
+    """Do what run_shard does for one shard list, minus the models: every video a failed row."""
+    plan = read_json(posixpath.join(posixpath.dirname(shard_uri), "plan.json"), opts)
+    shard = next(s for s in plan["shards"] if s["uri"] == shard_uri)
+    items = discover(shard_uri, opts)
+    tasks = []
+    for i in items:
+        task = VideoTask(i.video_id, i.uri, i.input_fingerprint, i.size)
+        task.fail("decode", "not a video")
+        tasks.append(task)
+    fingerprint = plan["config_fingerprint"]
+    tables = build_tables(tasks, shard_id=shard["shard_id"], config_fingerprint=fingerprint, embedding_dim=4,
+                          model_names={"asr": "w", "summarizer": "l"}, processed_at=dt.datetime.now(UTC))
+    manifest = {
+        "config_fingerprint": fingerprint,
+        "embedding_dim": 4,
+        "videos": [{"video_id": i.video_id, "uri": i.uri, "input_fingerprint": i.input_fingerprint, "status": "failed"}
+                   for i in items],
+    }
+    Output(output, opts, plan["partition"]).write_shard(shard["shard_id"], tables, manifest)
+
+
+def test_storage_options_from_env_and_connection():
+    assert storage_options_from_env({}) == {}
+    env = {"AWS_ENDPOINT_URL": "http://a:9000", "AWS_ENDPOINT_URL_S3": "http://s3:9000", "AWS_REGION": "eu-west-1"}
+    expected = {"client_kwargs": {"endpoint_url": "http://s3:9000", "region_name": "eu-west-1"}}
+    assert storage_options_from_env(env) == expected
+    conn = storage_options_from_connection("ak", "sk", {"service_config": {"s3": {"endpoint_url": "http://minio:9000"}},
+                                                        "aws_session_token": "tok"})
+    assert conn == {"key": "ak", "secret": "sk", "token": "tok", "client_kwargs": {"endpoint_url": "http://minio:9000"}}
+    merged = merge_storage_options(storage_options_from_env(env), conn, {"client_kwargs": {"region_name": "us-east-1"}})
+    assert merged["client_kwargs"] == {"endpoint_url": "http://minio:9000", "region_name": "us-east-1"}
+    assert merged["key"] == "ak"
+
+
+def test_partition_for_interval():
+    assert partition_for_interval(DAY, DAY + dt.timedelta(days=1)) == "dt=2026-11-22"
+    assert partition_for_interval("2026-11-16T00:00:00+00:00", "2026-11-23T00:00:00Z") == "dt=2026-11-16"
+    assert partition_for_interval(DAY + dt.timedelta(hours=6), DAY + dt.timedelta(hours=7)) == "dt=2026-11-22T060000"
+    pendulum = pytest.importorskip("pendulum")  # what Airflow passes as data_interval_start/end
+    assert partition_for_interval(pendulum.datetime(2026, 11, 22), pendulum.datetime(2026, 11, 23)) == "dt=2026-11-22"
+    with pytest.raises(ValueError, match="empty data interval"):
+        partition_for_interval(DAY, DAY)
+
+
+def test_interval_by_modification_time(tmp_path):
+    _media(str(tmp_path), ["old.mp4", "new.mp4", "late.mp4"])
+    for name, when in (("old.mp4", DAY - dt.timedelta(hours=1)), ("new.mp4", DAY + dt.timedelta(hours=3)),
+                       ("late.mp4", DAY + dt.timedelta(days=1))):
+        os.utime(tmp_path / name, (when.timestamp(), when.timestamp()))
+    picked = items_in_interval(str(tmp_path), DAY, DAY + dt.timedelta(days=1))
+    assert [os.path.basename(i.uri) for i in picked] == ["new.mp4"]
+
+
+def test_interval_by_day_prefix_on_s3(s3):
+    bucket, opts = s3
+    inbox = f"s3://{bucket}/inbox"
+    names = ["dt=2026-11-21/a.mp4", "dt=2026-11-22/b.mp4", "dt=2026-11-22/sub/c.mkv", "dt=2026-11-23/d.mp4"]
+    _media(inbox, names, opts)
+    picked = items_in_interval(f"{inbox}/", DAY, DAY + dt.timedelta(days=1), opts)
+    assert [i.uri for i in picked] == [f"{inbox}/dt=2026-11-22/b.mp4", f"{inbox}/dt=2026-11-22/sub/c.mkv"]
+    # Every object was written just now, so by modification time all of them belong to today.
+    now = dt.datetime.now(UTC)
+    hour = dt.timedelta(hours=1)
+    assert len(items_in_interval(f"{inbox}/", now - hour, now + hour, opts, "mtime")) == 4
+
+
+def test_list_shard_validate_and_rerun_on_s3(s3):
+    bucket, opts = s3
+    _media(f"s3://{bucket}/in", [f"v{n}.mp4" for n in range(5)], opts)
+    out = f"s3://{bucket}/tables"
+    first = list_and_shard(f"s3://{bucket}/in/", out, "archive__manual__2026-11-23T10:00:00+00:00",
+                           shard_size=2, storage_options=opts)
+    assert (first["media"], first["pending"], first["skipped"], len(first["shards"])) == (5, 5, 0, 3)
+    plan_dir = f"s3://{bucket}/tables/_plans/archive__manual__2026-11-23T10_00_00_00_00"
+    assert first["shards"][0] == f"{plan_dir}/shard-00000.txt"
+    assert [len(discover(s, opts)) for s in first["shards"]] == [2, 2, 1]
+    with pytest.raises(ValidationError, match="5 problem"):
+        validate_and_publish(first["plan"], opts)
+    for shard in first["shards"]:
+        _commit(out, shard, opts)
+    _commit(out, first["shards"][0], opts)  # a retried shard rewrites itself
+    manifest = read_json(validate_and_publish(first["plan"], opts), opts)
+    assert manifest["inputs"] == 5 and manifest["videos"] == {"ok": 0, "failed": 5}
+    assert manifest["rows"]["videos"] == 5 and len(manifest["committed_shards"]) == 3
+
+    again = list_and_shard(f"s3://{bucket}/in/", out, "second", shard_size=2, storage_options=opts)
+    assert (again["pending"], again["skipped"], again["shards"]) == (0, 5, [])
+    assert read_json(validate_and_publish(again["plan"], opts), opts)["rows"]["videos"] == 5
+
+
+def test_forced_rerun_with_another_shard_size_keeps_shard_ids(tmp_path):
+    _media(str(tmp_path / "in"), [f"v{n}.mp4" for n in range(4)])
+    out = str(tmp_path / "out")
+    first = list_and_shard(str(tmp_path / "in"), out, "one", shard_size=2)
+    for shard in first["shards"]:
+        _commit(out, shard)
+    ids = {s["shard_id"] for s in read_json(first["plan"])["shards"]}
+    again = list_and_shard(str(tmp_path / "in"), out, "two", shard_size=1, force=True)
+    # Videos stay with the shard that holds them, so each old shard is rewritten by exactly one task.
+    assert {s["shard_id"] for s in read_json(again["plan"])["shards"]} == ids
+    for shard in again["shards"]:
+        _commit(out, shard)
+    assert Output(out).read_table("videos").num_rows == 4
+
+
+def test_too_many_shards_grow_the_shard_size(tmp_path):
+    _media(str(tmp_path / "in"), [f"v{n:02d}.mp4" for n in range(10)])
+    result = list_and_shard(str(tmp_path / "in"), str(tmp_path / "out"), "big", shard_size=1, max_shards=4)
+    plan = read_json(result["plan"])
+    assert len(result["shards"]) == 4 and plan["shard_size"] == 3
+    assert sum(s["videos"] for s in plan["shards"]) == 10
+
+
+def test_interval_run_replaces_its_partition(tmp_path):
+    _media(str(tmp_path / "in"), ["dt=2026-11-22/a.mp4", "dt=2026-11-22/b.mp4", "dt=2026-11-23/c.mp4"])
+    out = str(tmp_path / "out")
+    interval = (DAY, DAY + dt.timedelta(days=1))
+    first = list_and_shard(str(tmp_path / "in"), out, "day1", interval=interval, replace_partition=True)
+    assert first["partition"] == "dt=2026-11-22" and first["media"] == 2
+    for shard in first["shards"]:
+        _commit(out, shard)
+    validate_and_publish(first["plan"])
+    again = list_and_shard(str(tmp_path / "in"), out, "day1-again", interval=interval, replace_partition=True)
+    assert (again["cleared"], again["pending"]) == (1, 2)
+    for shard in again["shards"]:
+        _commit(out, shard)
+    manifest = read_json(validate_and_publish(again["plan"]))
+    assert manifest["partition"] == "dt=2026-11-22" and manifest["rows"]["videos"] == 2
+    assert Output(out).read_table("videos").num_rows == 2
+
+
+def test_validation_catches_duplicates_and_bad_counts(tmp_path):
+    _media(str(tmp_path / "in"), ["a.mp4", "b.mp4"])
+    out = str(tmp_path / "out")
+    result = list_and_shard(str(tmp_path / "in"), out, "dup", shard_size=1)
+    for shard in result["shards"]:
+        _commit(out, shard)
+    # The same video committed under a second shard id: two rows for one input.
+    plan = read_json(result["plan"])
+    plan["shards"][0]["shard_id"] = "00000000000000ff"
+    fs, path = fsspec.core.url_to_fs(result["plan"])
+    fs.pipe_file(path, json.dumps(plan).encode())
+    _commit(out, plan["shards"][0]["uri"])
+    twice = video_id_for(discover(plan["shards"][0]["uri"])[0].uri)
+    with pytest.raises(ValidationError, match=f"video {twice} has 2 videos rows"):
+        validate_and_publish(result["plan"])
+    Output(out).retract("00000000000000ff")
+    manifest_path = next((tmp_path / "out" / "_manifests").glob("shard-*.json"))
+    body = json.loads(manifest_path.read_text())
+    body["files"]["videos"]["rows"] = 7
+    manifest_path.write_text(json.dumps(body))
+    with pytest.raises(ValidationError, match="videos has 1 rows, its manifest says 7"):
+        validate_and_publish(result["plan"])
+
+
+def test_config_file_storage_options_win(tmp_path, monkeypatch):
+    from pipeline.orchestrate import build_config
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("storage_options: {client_kwargs: {endpoint_url: 'http://minio:9000'}}\n")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://env:9000")
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+    config = build_config("in", "out", {"key": "k"}, config_file=str(cfg))
+    assert config.storage_options == {"client_kwargs": {"endpoint_url": "http://minio:9000"}, "key": "k"}
+    assert config == load_config("in", "out", config_file=str(cfg), storage_options=config.storage_options)
