@@ -44,7 +44,7 @@ def run_args(args: list[str], *, timeout: float | None = None) -> tuple[bytes, b
 
 def run(stream, *, timeout: float | None = None, what: str = "ffmpeg") -> bytes:
     """Run an ffmpeg-python stream graph; returns stdout. A non-zero exit raises ``MediaError(what: cause)``."""
-    # Errors only on stderr, so that its last line is the cause and a long decode cannot flood the pipe.
+    # Errors only on stderr: its last line is then the cause, and an hour of progress lines is not kept.
     args = ["-loglevel", "error", *ffmpeg.compile(stream, cmd=ffmpeg_exe(), overwrite_output=True)[1:]]
     stdout, stderr, code = run_args(args, timeout=timeout)
     if code != 0:

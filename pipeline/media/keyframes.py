@@ -43,15 +43,17 @@ class _Change:
     score: float
 
 
-def extract_keyframes(path: str, settings: KeyframeSettings, probe_result: ProbeResult | None = None) -> list[Keyframe]:
+def extract_keyframes(
+    path: str, settings: KeyframeSettings, probe_result: ProbeResult | None = None
+) -> list[Keyframe]:
     info = probe_result or probe(path)
-    with open_video(path, _fit(info.width, info.height, SCAN_SIDE)) as vr:
-        starts = vr.get_frame_timestamp(range(len(vr)))[:, 0].astype(np.float64)
-        samples = _sample_indices(starts, settings.sample_fps)
-        scores = _scan(vr, samples)
-    changes = _select(samples, starts, scores, settings)
-    keyframes = []
-    with open_video(path, _fit(info.width, info.height, settings.max_side)) as vr:
+    with open_video(path) as open_reader:
+        scan_reader = open_reader(_fit(info.width, info.height, SCAN_SIDE))
+        starts, samples, scores = _scan(scan_reader, settings.sample_fps)
+        del scan_reader  # its decoder and buffers go before the JPEG-size reader's arrive
+        changes = _select(samples, starts, scores, settings)
+        vr = open_reader(_fit(info.width, info.height, settings.max_side))
+        keyframes = []
         for change in changes:
             index, frame = _first_frame_after(vr, change)
             keyframes.append(_keyframe(index, starts[index], frame, change.score, settings.jpeg_quality))
@@ -72,8 +74,11 @@ def _sample_indices(starts: np.ndarray, sample_fps: float) -> np.ndarray:
     return np.unique(np.searchsorted(starts, ticks - 1e-3).clip(0, len(starts) - 1))
 
 
-def _scan(vr: decord.VideoReader, samples: np.ndarray) -> np.ndarray:
-    """Score of each sample against the previous one (the first sample scores 1.0)."""
+def _scan(vr: decord.VideoReader, sample_fps: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Frame start times, the sampled frame indices, and each sample's score against the previous one
+    (the first sample scores 1.0)."""
+    starts = vr.get_frame_timestamp(range(len(vr)))[:, 0].astype(np.float64)
+    samples = _sample_indices(starts, sample_fps)
     scores = np.ones(len(samples), dtype=np.float64)
     previous = None
     for offset, frames in _batches(vr, samples.tolist()):
@@ -81,10 +86,12 @@ def _scan(vr: decord.VideoReader, samples: np.ndarray) -> np.ndarray:
             if previous is not None:
                 scores[i] = _difference(previous, frame)
             previous = frame
-    return scores
+    return starts, samples, scores
 
 
 def _select(samples: np.ndarray, starts: np.ndarray, scores: np.ndarray, s: KeyframeSettings) -> list[_Change]:
+    """The first sample, then each sample scoring at least the threshold and at least ``min_spacing_s``
+    (in sample times) after the last one kept; over ``max_keyframes``, the first and the strongest."""
     changes = [_Change(before=int(samples[0]), after=int(samples[0]), score=1.0)]
     last_time = starts[samples[0]]
     for i in range(1, len(samples)):
@@ -116,7 +123,7 @@ def _keyframe(index: int, start: float, frame: np.ndarray, score: float, quality
     buf = io.BytesIO()
     Image.fromarray(frame).save(buf, format="JPEG", quality=quality)
     # decord's timestamps are float32: rounding to the microsecond drops noise, not information.
-    return Keyframe(index, round(float(start), 6), buf.getvalue(), frame.shape[1], frame.shape[0], round(score, 6))
+    return Keyframe(index, round(float(start), 6), buf.getvalue(), frame.shape[1], frame.shape[0], score)
 
 
 def _batches(vr: decord.VideoReader, indices: Sequence[int]) -> Iterator[tuple[int, np.ndarray]]:

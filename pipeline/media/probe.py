@@ -13,7 +13,7 @@ import os
 import re
 import tempfile
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import decord
 import ffmpeg
@@ -54,7 +54,6 @@ class _Streams:
     coded_height: int
     sar: float
     rotation: int
-    duration_s: float | None
     audio_codec: str | None
     audio_sample_rate: int | None
 
@@ -62,10 +61,14 @@ class _Streams:
 def probe(path: str) -> ProbeResult:
     """Describe a local video file; raises MediaError with a one-line reason when it is not a usable video."""
     streams = _read_streams(path)
-    with open_video(path, (32, 32)) as vr:
+    with open_video(path) as open_reader:
+        vr = open_reader((32, 32))  # frames are not looked at: the smallest size is the cheapest check
         num_frames = len(vr)
         stamps = vr.get_frame_timestamp([0, num_frames - 1])
     first_start, last_start, last_end = float(stamps[0, 0]), float(stamps[1, 0]), float(stamps[1, 1])
+    # The video stream's own length; container durations are estimates in some formats (AVI) and include
+    # longer audio in others. decord's timestamps are float32: microseconds and below are noise.
+    duration = round(last_end - first_start, 6)
     span = last_start - first_start
     # Mean interval between frame starts: needs no guess at how long the last frame lasts.
     fps = round((num_frames - 1) / span, 3) if num_frames > 1 and span > 0 else 0.0
@@ -74,7 +77,7 @@ def probe(path: str) -> ProbeResult:
     if streams.rotation in (90, 270):
         width, height = height, width
     return ProbeResult(
-        duration_s=streams.duration_s or (last_end - first_start),
+        duration_s=duration,
         width=width,
         height=height,
         fps=fps,
@@ -124,7 +127,6 @@ def _read_streams(path: str) -> _Streams:
         coded_height=int(size.group(2)),
         sar=_sample_aspect(video[1]),
         rotation=_rotation(video[1]),
-        duration_s=_duration(text),
         audio_codec=audio[0] if audio else None,
         audio_sample_rate=int(rate.group(1)) if rate else None,
     )
@@ -151,38 +153,48 @@ def _sample_aspect(block: str) -> float:
     return 1.0
 
 
-def _duration(text: str) -> float | None:
-    match = re.search(r"Duration: (\d+):(\d+):(\d+(?:\.\d+)?)", text)
-    if not match:
-        return None
-    h, m, s = match.groups()
-    seconds = int(h) * 3600 + int(m) * 60 + float(s)
-    return seconds if seconds > 0 else None
-
-
 @contextlib.contextmanager
-def open_video(path: str, size: tuple[int, int] | None = None) -> Iterator[decord.VideoReader]:
-    """A decord reader (frames scaled to ``size`` = (width, height) upright, when given); MediaError if not.
+def open_video(path: str) -> Iterator[Callable[[tuple[int, int]], decord.VideoReader]]:
+    """``open_reader(size)``: decord readers of ``path`` giving upright frames of ``size`` = (width, height).
 
-    Always give ``size`` when the frames are used: decord mis-decodes some widths, which are nudged here.
-
-    decord cannot count frames in containers that store neither a frame count nor an average rate
-    (variable-frame-rate Matroska/WebM), and fails to seek in MPEG-TS with B-frames; both are fine once
-    the video stream is remuxed (no re-encoding) into a temporary MP4, so that is the fallback.
+    decord seeks MPEG-TS so slowly it looks hung, invents timestamps for AVI, and cannot count frames in
+    containers that store neither a frame count nor an average rate (raw H.264, variable-frame-rate
+    Matroska). Copying the video stream, without re-encoding, into a temporary MOV cures all of these, so
+    anything but MP4/MOV and Matroska is remuxed up front, and Matroska when decord fails on it.
     """
-    width, height = (_decord_safe_width(size[0]), size[1]) if size else (-1, -1)
     with contextlib.ExitStack() as stack:
-        try:
-            reader = _checked_reader(path, width, height)
-        except _NeedsRemux as first_failure:
-            log.info("decord cannot read %s as it is (%s); remuxing its video stream to MP4", path, first_failure)
-            remuxed = os.path.join(stack.enter_context(tempfile.TemporaryDirectory(prefix="reelscope-")), "v.mp4")
-            run(ffmpeg.input(path).output(remuxed, map="0:v:0", c="copy"), what="cannot decode")
+        source = path
+        if not _decord_reads_well(path):
             try:
-                reader = _checked_reader(remuxed, width, height)
-            except _NeedsRemux:
-                raise MediaError(f"cannot decode: {first_failure}") from None
-        yield reader
+                source = _remux(path, stack)
+            except MediaError as exc:
+                log.info("%s: remux failed (%s); decord reads it as it is", path, exc)
+
+        def open_reader(size: tuple[int, int]) -> decord.VideoReader:
+            nonlocal source
+            try:
+                return _checked_reader(source, _decord_safe_width(size[0]), size[1])
+            except _NeedsRemux as failure:
+                if source != path:
+                    raise MediaError(f"cannot decode: {failure}") from None
+                log.info("%s: decord cannot read it as it is (%s); remuxing", path, failure)
+                source = _remux(path, stack)
+                return open_reader(size)
+
+        yield open_reader
+
+
+def _decord_reads_well(path: str) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(12)
+    is_mov = head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip")
+    return is_mov or head[:4] == b"\x1a\x45\xdf\xa3"  # Matroska / WebM (EBML) magic
+
+
+def _remux(path: str, stack: contextlib.ExitStack) -> str:
+    target = os.path.join(stack.enter_context(tempfile.TemporaryDirectory(prefix="reelscope-")), "video.mov")
+    run(ffmpeg.input(path).output(target, map="0:v:0", c="copy"), what="cannot decode")
+    return target
 
 
 # decord 0.6.0 hands back frames of these widths with 4 bytes a pixel and then fails to copy them
@@ -202,7 +214,7 @@ class _NeedsRemux(Exception):
     """decord failed in a way known to come from the container rather than the picture data."""
 
 
-# Substrings of decord errors that a remux into MP4 cures; anything else (truncated or corrupt data) is final.
+# Substrings of decord errors that a remux cures; anything else (truncated or corrupt data) is final.
 _REMUX_CURES = ("Failed to measure duration/frame-count", "Unable to handle EOF")
 
 
