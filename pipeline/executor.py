@@ -101,6 +101,7 @@ class RayExecutor:
             try:
                 ray.get(ref)
             except Exception as exc:
+                self.stop()
                 cause = getattr(exc, "cause", None) or exc
                 raise ModelLoadError(
                     f"cannot load the {stage.name} model {getattr(stage, 'spec', None) and stage.spec.ref!r}: "
@@ -149,3 +150,38 @@ class RayExecutor:
 
     def _add(self, name: str, start: float) -> None:
         self.stage_seconds[name] = self.stage_seconds.get(name, 0.0) + time.perf_counter() - start
+
+    def alive(self) -> bool:
+        import ray
+
+        try:
+            ray.get([actors[0].describe.remote() for actors in self.pools.values()], timeout=30)
+        except Exception:
+            return False
+        return True
+
+
+_warm: tuple[str, RayExecutor] | None = None
+
+
+def executor_for(decoder: Stage, model_stages: list[Stage], device: str = "auto") -> RayExecutor:
+    """A started executor for these stages, reusing the loaded actors of the previous run when they match.
+
+    Loading models costs more than a small shard; a process that runs many (tests, a notebook, an Airflow
+    worker running shards in-process) keeps one warm set of actors. A different set replaces it, so
+    actors never pile up and starve the decode tasks of CPUs.
+    """
+    global _warm
+    key = repr((model_stages, device))
+    if _warm is not None and _warm[0] == key and _warm[1].alive():
+        executor = _warm[1]
+        executor.decoder = decoder
+        executor.stage_seconds = {}
+        return executor
+    if _warm is not None:
+        _warm[1].stop()
+        _warm = None
+    executor = RayExecutor(decoder, model_stages, device=device)
+    executor.start()
+    _warm = (key, executor)
+    return executor

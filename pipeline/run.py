@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 
 from pipeline.config import PIPELINE_VERSION, RunConfig
 from pipeline.discover import MediaItem, Shard, discover, plan_shards
-from pipeline.executor import RayExecutor, ensure_ray
+from pipeline.executor import ensure_ray, executor_for
 from pipeline.rows import build_tables
 from pipeline.stages.decode import MediaDecoder
 from pipeline.stages.models import Blip2Captioner, ClipEmbedder, LlmSummarizer, WhisperTranscriber
@@ -97,40 +97,36 @@ def run(
         return summary
     ensure_ray(config.ray_address)
     decoder, stages = build_stages(config)
-    executor = RayExecutor(decoder, stages, device=config.device)
     if progress:
         progress("loading models", 0, todo)
-    executor.start()
+    executor = executor_for(decoder, stages, device=config.device)
     done = 0
-    try:
-        for n, shard in enumerate(shards, 1):
-            tasks = [VideoTask(i.video_id, i.uri, i.input_fingerprint, i.size) for i in shard.items]
+    for n, shard in enumerate(shards, 1):
+        tasks = [VideoTask(i.video_id, i.uri, i.input_fingerprint, i.size) for i in shard.items]
 
-            def on_stage(name: str, n=n) -> None:
-                if progress:
-                    progress(f"shard {n}/{len(shards)}: {name}", done, todo)
-
-            tasks = executor.run_shard(tasks, on_stage)
-            write_start = time.perf_counter()
-            manifest = _write(output, config, shard, tasks, executor.model_info)
-            executor.stage_seconds["write"] = executor.stage_seconds.get("write", 0.0) + time.perf_counter() - write_start
-            summary.manifests.append(output.manifest_path(shard.shard_id))
-            summary.shards += 1
-            for t in tasks:
-                if t.ok:
-                    summary.ok += 1
-                else:
-                    summary.failed += 1
-                    summary.failures.append((t.uri, t.error))
-            files = manifest["files"]
-            summary.keyframes += files["keyframes"]["rows"]
-            summary.segments += files["segments"]["rows"]
-            summary.summaries += files["summaries"]["rows"]
-            done += len(tasks)
+        def on_stage(name: str, n=n) -> None:
             if progress:
-                progress(f"shard {n}/{len(shards)}: written", done, todo)
-    finally:
-        executor.stop()
+                progress(f"shard {n}/{len(shards)}: {name}", done, todo)
+
+        tasks = executor.run_shard(tasks, on_stage)
+        write_start = time.perf_counter()
+        manifest = _write(output, config, shard, tasks, executor.model_info)
+        executor.stage_seconds["write"] = executor.stage_seconds.get("write", 0.0) + time.perf_counter() - write_start
+        summary.manifests.append(output.manifest_path(shard.shard_id))
+        summary.shards += 1
+        for t in tasks:
+            if t.ok:
+                summary.ok += 1
+            else:
+                summary.failed += 1
+                summary.failures.append((t.uri, t.error))
+        files = manifest["files"]
+        summary.keyframes += files["keyframes"]["rows"]
+        summary.segments += files["segments"]["rows"]
+        summary.summaries += files["summaries"]["rows"]
+        done += len(tasks)
+        if progress:
+            progress(f"shard {n}/{len(shards)}: written", done, todo)
     summary.stage_seconds = dict(executor.stage_seconds)
     summary.wall_s = time.perf_counter() - started
     return summary
