@@ -1,0 +1,18 @@
+"""Thin Airflow operators over ``pipeline.orchestrate``: list-and-shard, run-shard-on-Ray, validate-and-publish.
+
+They import Airflow's task SDK only; the pipeline (and torch, Ray) is imported inside ``execute``.
+"""
+from operators.common import GPU_POOL, SHARD_TIMEOUT, shared_params, task_defaults
+from operators.list_and_shard import ListAndShardOperator
+from operators.ray_shard import RayShardOperator
+from operators.validate import ValidateAndPublishOperator
+
+__all__ = [
+    "GPU_POOL",
+    "SHARD_TIMEOUT",
+    "ListAndShardOperator",
+    "RayShardOperator",
+    "ValidateAndPublishOperator",
+    "shared_params",
+    "task_defaults",
+]

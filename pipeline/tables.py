@@ -15,6 +15,7 @@ import json
 import logging
 import posixpath
 import re
+import uuid
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
@@ -65,7 +66,8 @@ class Output:
 
     def check_writable(self) -> None:
         """Fail early, with one line, when the output cannot be written."""
-        probe = posixpath.join(self.root, ".reelscope-write-check")
+        # A name of its own: concurrent shard tasks checking the same output must not delete each other's.
+        probe = posixpath.join(self.root, f".reelscope-write-check-{uuid.uuid4().hex}")
         try:
             self.fs.makedirs(self.root, exist_ok=True)
             self.fs.pipe_file(probe, b"ok")
@@ -130,6 +132,8 @@ class Output:
     def manifests(self, all_partitions: bool = False) -> list[dict]:
         """Committed shards of this partition (or of every partition), each manifest as a dict."""
         base = posixpath.join(self.root, MANIFEST_DIR)
+        # Object-store listings are cached per filesystem instance; another process may have committed since.
+        self.fs.invalidate_cache()
         pattern = posixpath.join(base, "**", "shard-*.json") if all_partitions else posixpath.join(
             self._dir(MANIFEST_DIR), "shard-*.json"
         )

@@ -1,10 +1,10 @@
 """fsspec storage options from the places S3 settings usually live: the environment, an Airflow AWS
 connection, a config file, explicit options.
 
-botocore already reads ``AWS_*`` variables where the code runs; turning the endpoint and region into
-explicit options matters because the options travel inside the ``RunConfig`` to Ray workers, which may run
-on machines that do not share the orchestrator's environment. Credentials from the environment are left to
-botocore on each machine, so they never ride along in a config.
+botocore already reads ``AWS_*`` variables where the code runs; turning them into explicit options matters
+because the options travel inside the ``RunConfig`` to Ray workers, which may run on machines (or in
+processes started earlier) that do not share the orchestrator's environment. ``without_secrets`` strips
+credentials wherever options become visible, as in a Ray Job's command line.
 """
 from __future__ import annotations
 
@@ -25,9 +25,15 @@ def merge_storage_options(*layers: Mapping[str, Any] | None) -> dict:
 
 
 def storage_options_from_env(environ: Mapping[str, str] | None = None) -> dict:
-    """Endpoint and region named by the standard AWS variables (``AWS_ENDPOINT_URL_S3`` wins over
-    ``AWS_ENDPOINT_URL``, as in botocore), as s3fs options; empty when none is set."""
+    """Credentials, endpoint and region named by the standard AWS variables (``AWS_ENDPOINT_URL_S3`` wins
+    over ``AWS_ENDPOINT_URL``, as in botocore), as s3fs options; empty when none is set."""
     env = os.environ if environ is None else environ
+    opts: dict[str, Any] = {}
+    # A key without its secret is left to botocore, which reports the half-set pair better than s3fs.
+    if env.get("AWS_ACCESS_KEY_ID") and env.get("AWS_SECRET_ACCESS_KEY"):
+        opts["key"], opts["secret"] = env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]
+        if env.get("AWS_SESSION_TOKEN"):
+            opts["token"] = env["AWS_SESSION_TOKEN"]
     client: dict[str, str] = {}
     endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
     if endpoint:
@@ -35,7 +41,9 @@ def storage_options_from_env(environ: Mapping[str, str] | None = None) -> dict:
     region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
     if region:
         client["region_name"] = region
-    return {"client_kwargs": client} if client else {}
+    if client:
+        opts["client_kwargs"] = client
+    return opts
 
 
 def storage_options_from_connection(

@@ -64,9 +64,12 @@ def _commit(output, shard_uri, opts=None):
 
 def test_storage_options_from_env_and_connection():
     assert storage_options_from_env({}) == {}
-    env = {"AWS_ENDPOINT_URL": "http://a:9000", "AWS_ENDPOINT_URL_S3": "http://s3:9000", "AWS_REGION": "eu-west-1"}
+    env = {"AWS_ENDPOINT_URL": "http://a:9000", "AWS_ENDPOINT_URL_S3": "http://s3:9000", "AWS_REGION": "eu-west-1",
+           "AWS_ACCESS_KEY_ID": "ak"}
     expected = {"client_kwargs": {"endpoint_url": "http://s3:9000", "region_name": "eu-west-1"}}
     assert storage_options_from_env(env) == expected
+    env["AWS_SECRET_ACCESS_KEY"] = "sk"
+    assert storage_options_from_env(env) == {**expected, "key": "ak", "secret": "sk"}
     conn = storage_options_from_connection("ak", "sk", {"service_config": {"s3": {"endpoint_url": "http://minio:9000"}},
                                                         "aws_session_token": "tok"})
     assert conn == {"key": "ak", "secret": "sk", "token": "tok", "client_kwargs": {"endpoint_url": "http://minio:9000"}}
@@ -202,8 +205,8 @@ def test_config_file_storage_options_win(tmp_path, monkeypatch):
     cfg = tmp_path / "run.yaml"
     cfg.write_text("storage_options: {client_kwargs: {endpoint_url: 'http://minio:9000'}}\n")
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://env:9000")
-    for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL_S3"):
-        monkeypatch.delenv(name, raising=False)
+    for name in ("REGION", "DEFAULT_REGION", "ENDPOINT_URL_S3", "ACCESS_KEY_ID", "SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(f"AWS_{name}", raising=False)
     config = build_config("in", "out", {"key": "k"}, config_file=str(cfg))
     assert config.storage_options == {"client_kwargs": {"endpoint_url": "http://minio:9000"}, "key": "k"}
     assert config == load_config("in", "out", config_file=str(cfg), storage_options=config.storage_options)

@@ -1,0 +1,83 @@
+"""
+### reelscope_archive
+
+A one-off sweep over an archive of any size, triggered by hand: **list_and_shard** lists the media under
+`input_uri` and writes one shard list per shard (skipping videos already done unless `force`);
+**run_shard** runs each shard on Ray (one mapped task per shard, at most `reelscope_gpu` pool slots at
+once); **validate_and_publish** checks schemas, row counts and that every input has exactly one `videos`
+row, then writes `<output_uri>/_runs/<run>.json`. Rerunning it, or any shard, never duplicates rows.
+
+| param | meaning |
+| --- | --- |
+| `input_uri` | folder, glob, `s3://bucket/prefix` or manifest (`.csv`/`.parquet`/`.txt`) of the media |
+| `output_uri` | where the four tables go, e.g. `s3://lake/reelscope/` |
+| `profile` | `tiny` (offline test models), `cpu` or `gpu` |
+| `shard_size` | videos per shard (grown automatically past `core.max_map_length` shards) |
+| `force` | redo videos that are already done |
+| `config_file` | optional YAML run config on the worker |
+| `storage_options` | explicit s3fs options (JSON object) |
+| `aws_conn_id` | Airflow AWS connection for S3; empty: the `AWS_*` environment |
+| `ray_conn_id` | Ray dashboard connection to submit shards as Ray Jobs; empty: Ray in the task |
+
+```
+airflow dags trigger reelscope_archive \
+  --conf '{"input_uri": "s3://archive/2019/", "output_uri": "s3://lake/reelscope/"}'
+```
+"""
+from __future__ import annotations
+
+import datetime as dt
+
+from airflow.sdk import DAG, Param
+
+from operators import (
+    GPU_POOL,
+    SHARD_TIMEOUT,
+    ListAndShardOperator,
+    RayShardOperator,
+    ValidateAndPublishOperator,
+    shared_params,
+    task_defaults,
+)
+
+STORAGE = {"storage_options": "{{ params.storage_options }}", "aws_conn_id": "{{ params.aws_conn_id }}"}
+
+with DAG(
+    dag_id="reelscope_archive",
+    schedule=None,
+    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
+    catchup=False,
+    default_args=task_defaults(),
+    params={
+        "input_uri": Param("", type="string", minLength=1,
+                           description="Media to process: folder, glob, URI prefix or manifest."),
+        "output_uri": Param("", type="string", minLength=1, description="Output root for the four tables."),
+        "force": Param(False, type="boolean", description="Redo videos that are already done."),
+        **shared_params(),
+    },
+    render_template_as_native_obj=True,
+    doc_md=__doc__,
+    tags=["reelscope"],
+) as dag:
+    listing = ListAndShardOperator(
+        task_id="list_and_shard",
+        input_uri="{{ params.input_uri }}",
+        output_uri="{{ params.output_uri }}",
+        profile="{{ params.profile }}",
+        config_file="{{ params.config_file }}",
+        shard_size="{{ params.shard_size }}",
+        force="{{ params.force }}",
+        **STORAGE,
+    )
+    shards = RayShardOperator.partial(
+        task_id="run_shard",
+        pool=GPU_POOL,
+        execution_timeout=SHARD_TIMEOUT,
+        ray_conn_id="{{ params.ray_conn_id }}",
+        **STORAGE,
+    ).expand(shard_uri=listing.output)
+    # none_failed: a sweep with nothing pending maps zero shards (skipped) and is still validated.
+    publish = ValidateAndPublishOperator(
+        task_id="validate_and_publish", plan_uri=listing.output["plan"], trigger_rule="none_failed", **STORAGE
+    )
+    shards >> publish

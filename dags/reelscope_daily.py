@@ -1,0 +1,91 @@
+"""
+### reelscope_daily
+
+Every interval (`@daily` by default; `REELSCOPE_DAILY_SCHEDULE` sets another cron), processes the media
+that arrived in its data interval under `input_uri` into the `dt=` partition of `output_uri`:
+with a `dt=YYYY-MM-DD/` prefix layout under the input, the day prefixes of the interval; otherwise the
+objects whose modification time falls in `[data_interval_start, data_interval_end)`.
+**list_interval** retracts the partition's committed shards first, so rerunning an interval (a cleared
+run, or `airflow backfill create --dag-id reelscope_daily --from-date ... --to-date ...
+--reprocess-behavior completed`) replaces it instead of adding rows; **run_shard** runs one mapped task
+per shard within the `reelscope_gpu` pool; **validate_and_publish** checks the partition and writes the
+run manifest under `<output_uri>/_runs/`.
+
+| param | meaning |
+| --- | --- |
+| `input_uri` | where media arrive (default `REELSCOPE_DAILY_INPUT`) |
+| `output_uri` | output root (default `REELSCOPE_DAILY_OUTPUT`); tables get a `dt=` partition |
+| `layout` | `auto`, `dt` (day prefixes) or `mtime` (modification time) |
+| `profile` | `tiny`, `cpu` or `gpu` (default `REELSCOPE_PROFILE`) |
+| `shard_size` | videos per shard |
+| `config_file` | optional YAML run config on the worker |
+| `storage_options` | explicit s3fs options (JSON object) |
+| `aws_conn_id` | Airflow AWS connection for S3; empty: the `AWS_*` environment |
+| `ray_conn_id` | Ray dashboard connection to submit shards as Ray Jobs; empty: Ray in the task |
+
+Scheduled and backfilled runs use the defaults; `--dag-run-conf` overrides them.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+
+from airflow.sdk import DAG, CronDataIntervalTimetable, Param
+
+from operators import (
+    GPU_POOL,
+    SHARD_TIMEOUT,
+    ListAndShardOperator,
+    RayShardOperator,
+    ValidateAndPublishOperator,
+    shared_params,
+    task_defaults,
+)
+
+STORAGE = {"storage_options": "{{ params.storage_options }}", "aws_conn_id": "{{ params.aws_conn_id }}"}
+
+with DAG(
+    dag_id="reelscope_daily",
+    # A data-interval timetable: each run owns [start, end), which a bare cron string no longer gives in Airflow 3.
+    schedule=CronDataIntervalTimetable(os.environ.get("REELSCOPE_DAILY_SCHEDULE", "@daily"), timezone="UTC"),
+    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
+    catchup=False,
+    default_args=task_defaults(),
+    params={
+        "input_uri": Param(os.environ.get("REELSCOPE_DAILY_INPUT", "s3://reelscope/inbox/"), type="string",
+                           minLength=1, description="Where new media arrive."),
+        "output_uri": Param(os.environ.get("REELSCOPE_DAILY_OUTPUT", "s3://reelscope/daily/"), type="string",
+                            minLength=1, description="Output root; each interval writes its own dt= partition."),
+        "layout": Param("auto", type="string", enum=["auto", "dt", "mtime"],
+                        description="How arrivals are told apart: day prefixes or modification time."),
+        **shared_params(),
+    },
+    render_template_as_native_obj=True,
+    doc_md=__doc__,
+    tags=["reelscope"],
+) as dag:
+    listing = ListAndShardOperator(
+        task_id="list_interval",
+        input_uri="{{ params.input_uri }}",
+        output_uri="{{ params.output_uri }}",
+        profile="{{ params.profile }}",
+        config_file="{{ params.config_file }}",
+        shard_size="{{ params.shard_size }}",
+        interval_start="{{ data_interval_start }}",
+        interval_end="{{ data_interval_end }}",
+        layout="{{ params.layout }}",
+        replace_partition=True,
+        **STORAGE,
+    )
+    shards = RayShardOperator.partial(
+        task_id="run_shard",
+        pool=GPU_POOL,
+        execution_timeout=SHARD_TIMEOUT,
+        ray_conn_id="{{ params.ray_conn_id }}",
+        **STORAGE,
+    ).expand(shard_uri=listing.output)
+    # none_failed: an interval with no arrivals maps zero shards (skipped) and is still validated.
+    publish = ValidateAndPublishOperator(
+        task_id="validate_and_publish", plan_uri=listing.output["plan"], trigger_rule="none_failed", **STORAGE
+    )
+    shards >> publish

@@ -1,0 +1,35 @@
+"""Validate a finished run's tables against its plan, then publish the run manifest."""
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk import BaseOperator
+
+from operators.common import resolve_storage_options
+
+
+class ValidateAndPublishOperator(BaseOperator):
+    """Calls ``pipeline.orchestrate.validate_and_publish`` on ``plan_uri`` (templated, or an XComArg such
+    as ``listing.output["plan"]``); returns the run manifest's URI. Fails without retrying, listing the
+    problems, when a schema, a row count or an input does not add up."""
+
+    template_fields = ("plan_uri", "storage_options", "aws_conn_id")
+    ui_color = "#e6f4ea"
+
+    def __init__(
+        self, *, plan_uri: Any, storage_options: Any = None, aws_conn_id: str | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.plan_uri, self.storage_options, self.aws_conn_id = plan_uri, storage_options, aws_conn_id
+
+    def execute(self, context) -> str:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from pipeline.orchestrate import ValidationError, validate_and_publish
+
+        opts = resolve_storage_options(self.aws_conn_id, self.storage_options)
+        try:
+            return validate_and_publish(str(self.plan_uri), opts)
+        except ValidationError as exc:
+            # Tables that do not add up stay that way; retrying would only delay the alarm.
+            raise AirflowFailException(str(exc)) from exc

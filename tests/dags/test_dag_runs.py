@@ -1,0 +1,124 @@
+"""Both DAGs end to end with ``dag.test()``: tiny models, the session's Ray, a real S3 endpoint on loopback.
+
+The archive run reaches S3 through an Airflow AWS connection, the daily run through the ``AWS_*``
+environment; the session's Ray workers, started before either was set, see neither, so what reaches them
+travels in the run's storage options.
+"""
+import datetime as dt
+import json
+
+import fsspec
+import pytest
+
+from airflow_env import REPO
+from pipeline.tables import Output
+
+UTC = dt.timezone.utc
+pytestmark = pytest.mark.usefixtures("airflow_db", "ray_session")
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory):
+    from pipeline.media.synth import make_video
+
+    folder = tmp_path_factory.mktemp("samples")
+    videos = [folder / "scenes.mp4", folder / "still.mkv"]
+    make_video(videos[0], [("red", 1.0), ("blue", 1.0)], tone_hz=440.0)
+    make_video(videos[1], [("lime", 1.5)])
+    broken = folder / "broken.mp4"
+    broken.write_bytes(b"this is not a video\n" * 64)
+    return videos, broken
+
+
+@pytest.fixture(scope="module")
+def dags():
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(REPO / "dags"))
+    assert bag.import_errors == {}
+    return bag.dags
+
+
+@pytest.fixture(autouse=True)
+def tiny_models(model_cache, monkeypatch):
+    monkeypatch.setenv("REELSCOPE_CACHE", model_cache)
+
+
+def _upload(fs, files, prefix):
+    for f in files:
+        fs.put_file(str(f), f"{prefix}/{f.name}")
+
+
+def _states(dr):
+    return sorted((ti.task_id, ti.map_index, ti.state) for ti in dr.get_task_instances())
+
+
+def _videos(uri, opts, partition=None):
+    # The DAG rewrote objects this process has listed before: forget s3fs's cached listings and ETags.
+    fsspec.filesystem("s3", **opts).invalidate_cache()
+    out = Output(uri, opts, partition)
+    table = out.read_table("videos", columns=["video_id", "uri", "status"], all_partitions=partition is None)
+    return sorted(zip(*table.to_pydict().values())), out
+
+
+def test_archive_sweep_then_rerun(dags, samples, s3, monkeypatch):
+    bucket, opts = s3
+    videos, broken = samples
+    fs = fsspec.filesystem("s3", **opts)
+    _upload(fs, [*videos, broken], f"{bucket}/archive")
+    conn = {"conn_type": "aws", "login": "testing", "password": "testing",
+            "extra": {"endpoint_url": opts["client_kwargs"]["endpoint_url"]}}
+    monkeypatch.setenv("AIRFLOW_CONN_REELSCOPE_S3", json.dumps(conn))
+    conf = {"input_uri": f"s3://{bucket}/archive/", "output_uri": f"s3://{bucket}/tables/", "shard_size": 2,
+            "aws_conn_id": "reelscope_s3"}
+
+    dr = dags["reelscope_archive"].test(run_conf=conf)
+    assert dr.state == "success", _states(dr)
+    assert [s for s in _states(dr) if s[0] == "run_shard"] == [("run_shard", 0, "success"), ("run_shard", 1, "success")]
+    rows, out = _videos(f"s3://{bucket}/tables", opts)
+    assert len(rows) == 3 and sorted(r[2] for r in rows) == ["failed", "ok", "ok"]
+    assert {t: out.read_table(t).num_rows > 0 for t in ("keyframes", "segments", "summaries")} == dict.fromkeys(
+        ("keyframes", "segments", "summaries"), True)
+    (run_file,) = fs.glob(f"{bucket}/tables/_runs/*.json")
+    manifest = json.loads(fs.cat(run_file))
+    assert manifest["inputs"] == 3 and manifest["videos"] == {"ok": 2, "failed": 1}
+    assert manifest["rows"]["videos"] == 3 and len(manifest["committed_shards"]) == 2
+
+    # Nothing new: no shard to map, the run is still validated and published, the rows stay as they were.
+    again = dags["reelscope_archive"].test(run_conf=conf)
+    assert again.state == "success", _states(again)
+    assert ("run_shard", -1, "skipped") in _states(again)
+    assert _videos(f"s3://{bucket}/tables", opts)[0] == rows
+    assert len(fs.glob(f"{bucket}/tables/_runs/*.json")) == 2
+
+
+def test_daily_interval_and_its_replacement(dags, samples, s3, monkeypatch):
+    bucket, opts = s3
+    videos, _ = samples
+    fs = fsspec.filesystem("s3", **opts)
+    _upload(fs, videos, f"{bucket}/inbox/dt=2026-11-22")
+    _upload(fs, videos[:1], f"{bucket}/inbox/dt=2026-11-21")  # another day: not this run's
+    monkeypatch.setenv("AWS_ENDPOINT_URL", opts["client_kwargs"]["endpoint_url"])
+    conf = {"input_uri": f"s3://{bucket}/inbox/", "output_uri": f"s3://{bucket}/tables/", "shard_size": 2}
+    midnight = dt.datetime(2026, 11, 23, tzinfo=UTC)  # a manual run gets the last whole day: the 22nd
+
+    dr = dags["reelscope_daily"].test(logical_date=midnight, run_conf=conf)
+    assert dr.state == "success", _states(dr)
+    rows, out = _videos(f"s3://{bucket}/tables", opts, "dt=2026-11-22")
+    assert [r[2] for r in rows] == ["ok", "ok"]
+    assert [r[1].rsplit("/", 2)[-2] for r in rows] == ["dt=2026-11-22"] * 2
+    assert fs.glob(f"{bucket}/tables/videos/dt=2026-11-22/shard-*.parquet")
+    assert _videos(f"s3://{bucket}/tables", opts)[0] == rows  # nothing outside the partition
+    first_manifests = {m["shard_id"] for m in out.manifests()}
+
+    # The same interval again (a cleared run or a backfill with --reprocess-behavior): replaced, not added to.
+    again = dags["reelscope_daily"].test(logical_date=midnight, run_conf=conf)
+    assert again.state == "success", _states(again)
+    assert _videos(f"s3://{bucket}/tables", opts)[0] == rows
+    assert {m["shard_id"] for m in out.manifests()} == first_manifests
+    fs.invalidate_cache()
+    runs = sorted(fs.glob(f"{bucket}/tables/_runs/*.json"))  # named by run id, which starts with the run's time
+    assert len(runs) == 2
+    manifest = json.loads(fs.cat(runs[-1]))
+    assert manifest["inputs"] == 2 and manifest["videos"] == {"ok": 2, "failed": 0}
+    assert manifest["partition"] == "dt=2026-11-22" and manifest["interval"][0].startswith("2026-11-22T00:00:00")
