@@ -6,11 +6,14 @@ of committed shards even while a writer commits new ones.
 from __future__ import annotations
 
 import posixpath
+import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 from pipeline.tables import Output, OutputError
 from schemas import TABLES
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class QueryError(ValueError):
@@ -53,3 +56,14 @@ def open_snapshot(uri: str, storage_options: Mapping[str, Any] | None = None) ->
         if missing:
             raise OutputError(f"manifest of shard {m.get('shard_id')} under {uri} names no {', '.join(missing)} file")
     return Snapshot(output, tuple(manifests))
+
+
+def printable(text: str | None) -> str:
+    """Text safe for a terminal: model output may hold control characters, which would drive it instead."""
+    return _CONTROL.sub(" ", text or "")
+
+
+def fmt_time(seconds: float) -> str:
+    minutes, s = divmod(max(seconds, 0.0), 60)
+    hours, minutes = divmod(int(minutes), 60)
+    return f"{hours}:{minutes:02d}:{s:04.1f}" if hours else f"{minutes:02d}:{s:04.1f}"

@@ -49,8 +49,12 @@ def load_encoder(
     ref, revision = model_ref(name, manifests)
     log.info("loading query model %s (revision %s)", ref, revision)
     try:
+        from transformers.utils import logging as hf_logging
+
         from pipeline.models.clip import ClipEncoder
         from pipeline.models.store import resolve
+
+        hf_logging.disable_progress_bar()  # the terminal is for the results; -v logs the loading
 
         path = resolve(ref, "clip", str(cache_dir or default_cache_dir()), revision=revision,
                        storage_options=dict(storage_options or {}))

@@ -10,14 +10,15 @@ from html import escape
 
 from PIL import Image
 
-from pipeline.query.show import VideoDigest, fmt_time, summary_line
+from pipeline.query import fmt_time
+from pipeline.query.show import VideoDigest, summary_line
 
 TRACK_PX = 960
 THUMB_PX = 112  # thumbnail width on the timeline track
 CARD_PX = 240  # longest side of the thumbnails in the keyframe grid
 
 _CSS = """
-body { font: 15px/1.45 system-ui, sans-serif; margin: 24px auto; max-width: 1000px; color: #222; background: #fafafa; }
+body { font: 15px/1.45 system-ui, sans-serif; overflow-wrap: anywhere; margin: 24px auto; max-width: 1000px; color: #222; background: #fafafa; }
 h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 17px; margin: 28px 0 8px; }
 .meta { color: #666; font-size: 13px; } .error { color: #a33; }
 .track { position: relative; width: 960px; border-bottom: 2px solid #999; margin-top: 12px; }

@@ -160,6 +160,26 @@ def _moment_time(acc: _Acc) -> float:
     return acc.anchor[1] if acc.anchor else 0.0
 
 
+def _visual(con, snapshot: Snapshot, text, image, model, encoder, cache_dir: str, n: int) -> list[_Candidate] | None:
+    """Keyframes nearest the query's embedding; None when no keyframe has one (words can still search)."""
+    models = embedding_models(con)
+    name = choose_model(models, model) if models or model is not None else None
+    dim = embedding_dim(con, name) if name is not None else None
+    vectors = load_vectors(con, snapshot, name, dim, cache_dir) if dim else None
+    if vectors is None or not len(vectors.matrix):
+        if image is not None or model is not None:
+            raise QueryError("no keyframe has an embedding to search")
+        return None
+    if encoder is None:
+        from pipeline.query.encoder import load_encoder
+
+        encoder = load_encoder(name, dim, snapshot.manifests, cache_dir, snapshot.output.storage_options)
+    vector = encoder.embed_images([image])[0] if image is not None else encoder.embed_texts([text])[0]
+    if len(vector) != dim:
+        raise QueryError(f"the query model gives {len(vector)}-d vectors but the keyframes of {name!r} hold {dim}-d ones")
+    return [_Candidate(*r) for r in vectors.top(vector, n)]
+
+
 def search(
     con: duckdb.DuckDBPyConnection,
     snapshot: Snapshot,
@@ -183,22 +203,9 @@ def search(
         raise QueryError("nothing to search for: give a query with words in it, or --image")
     n = max(100, 10 * k)
     ranked: dict[str, list[_Candidate]] = {}
-    models = embedding_models(con)
-    name = choose_model(models, model) if models or model is not None else None
-    dim = embedding_dim(con, name) if name is not None else None
-    vectors = load_vectors(con, snapshot, name, dim, str(cache_dir or default_cache_dir())) if dim else None
-    if vectors is None or not len(vectors.matrix):
-        if image is not None or model is not None:
-            raise QueryError("no keyframe has an embedding to search")
-    else:  # words alone can still search an output without vectors
-        if encoder is None:
-            from pipeline.query.encoder import load_encoder
-
-            encoder = load_encoder(name, dim, snapshot.manifests, cache_dir, snapshot.output.storage_options)
-        vector = encoder.embed_images([image])[0] if image is not None else encoder.embed_texts([text])[0]
-        if len(vector) != dim:
-            raise QueryError(f"the query model gives {len(vector)}-d vectors but the keyframes of {name!r} hold {dim}-d ones")
-        ranked["visual"] = [_Candidate(*r) for r in vectors.top(vector, n)]
+    visual = _visual(con, snapshot, text, image, model, encoder, str(cache_dir or default_cache_dir()), n)
+    if visual is not None:
+        ranked["visual"] = visual
     if terms:
         ranked.update(_text(con, terms, n))
     active = len(ranked)
@@ -236,20 +243,24 @@ def _moments(con, top: list[_Acc], active: int) -> list[Moment]:
 
 
 def print_moments(console, moments: Sequence[Moment]) -> None:
+    """One line per moment, caption and transcript cut to the terminal; ``--json`` has them whole."""
     from rich.table import Table
+    from rich.text import Text
 
-    from pipeline.query.show import fmt_time
+    from pipeline.query import fmt_time, printable
 
-    table = Table(show_lines=False, header_style="bold")
-    for col, kw in (("#", {"justify": "right"}), ("video", {}), ("time", {}), ("score", {"justify": "right"}),
-                    ("signals", {}), ("caption", {"overflow": "fold"}), ("transcript", {"overflow": "fold"})):
-        table.add_column(col, **kw)
-    for i, m in enumerate(moments, 1):
-        signals = " ".join(f"{s} {v:.2f}" for s, v in m.signals.items())
-        table.add_row(str(i), m.uri.rsplit("/", 1)[-1] or m.video_id, fmt_time(m.timestamp_s), f"{m.score:.3f}",
-                      signals, m.caption or "", _clip(m.transcript, 120))
+    rows = [(str(i), m.uri.rsplit("/", 1)[-1] or m.video_id, fmt_time(m.timestamp_s), f"{m.score:.3f}",
+             " ".join(f"{s} {v:.2f}" for s, v in m.signals.items()), printable(m.caption), printable(m.transcript))
+            for i, m in enumerate(moments, 1)]
+    headers = ("#", "video", "time", "score", "signals", "caption", "transcript")
+    # Fixed widths for the short columns, so that only caption and transcript give way on a narrow terminal.
+    fixed = [max(len(h), *(len(r[c]) for r in rows)) if rows else len(h) for c, h in enumerate(headers[:5])]
+    fixed[1] = min(fixed[1], 28)
+    rest = max(console.width - sum(fixed) - 3 * len(headers) - 1, 20)
+    table = Table(header_style="bold")
+    for header, width in zip(headers, [*fixed, rest // 3, rest - rest // 3]):
+        table.add_column(header, width=width, no_wrap=True, overflow="ellipsis",
+                         justify="right" if header in ("#", "score") else "left")
+    for row in rows:
+        table.add_row(*(Text(cell) for cell in row))
     console.print(table)
-
-
-def _clip(text: str, n: int) -> str:
-    return text if len(text) <= n else text[: n - 1] + "…"

@@ -7,7 +7,7 @@ import duckdb
 from rich.console import Console
 from rich.text import Text
 
-from pipeline.query import QueryError
+from pipeline.query import QueryError, fmt_time, printable
 
 
 @dataclass
@@ -20,12 +20,6 @@ class VideoDigest:
     @property
     def name(self) -> str:
         return self.video["uri"].rsplit("/", 1)[-1]
-
-
-def fmt_time(seconds: float) -> str:
-    minutes, s = divmod(max(seconds, 0.0), 60)
-    hours, minutes = divmod(int(minutes), 60)
-    return f"{hours}:{minutes:02d}:{s:04.1f}" if hours else f"{minutes:02d}:{s:04.1f}"
 
 
 def find_video(con: duckdb.DuckDBPyConnection, ref: str) -> str:
@@ -67,28 +61,28 @@ def summary_line(d: VideoDigest) -> str:
         return "(no summary)"
     if s["status"] == "ok":
         return f"{s['title'] or '(untitled)'} — {s['summary'] or ''}"
-    return f"({s['status']}, raw model output) {(s['raw'] or '').strip()[:200]}"
+    return f"({s['status']}, raw model output) {' '.join((s['raw'] or '').split())[:200]}"
 
 
 def print_video(console: Console, d: VideoDigest) -> None:
     v = d.video
     console.print(Text(d.name, style="bold"), Text(f"  {v['video_id']}  {v['uri']}", style="dim"))
     if v["status"] != "ok":
-        console.print(Text(f"failed: {v['error']}", style="red"))
+        console.print(Text(f"failed: {printable(v['error'])}", style="red"))
         return
     console.print(
         f"{v['duration_s']:.1f} s, {v['width']}x{v['height']} @ {v['fps']:.1f} fps, audio: "
         f"{'yes' if v['has_audio'] else 'no'}" + (f", language {v['language']}" if v["language"] else ""),
         highlight=False,
     )
-    console.print(Text("summary: ", style="bold") + Text(summary_line(d)))
+    console.print(Text("summary: ", style="bold") + Text(printable(summary_line(d))))
     # Keyframes and speech on one time line, as they happen.
     events = [(k["timestamp_s"], 0, f"▣ {k['caption'] or ''}") for k in d.keyframes]
     events += [(s["start_s"], 1, f"♪ {s['text'].strip()}  (to {fmt_time(s['end_s'])})") for s in d.segments]
     for t, _, line in sorted(events, key=lambda e: (e[0], e[1])):
-        console.print(Text(f"  {fmt_time(t)}  ") + Text(line))
+        console.print(Text(f"  {fmt_time(t)}  ") + Text(printable(line)))
     timeline = (d.summary or {}).get("timeline") or []
     if timeline:
         console.print(Text("summary timeline:", style="bold"))
         for item in timeline:
-            console.print(Text(f"  {fmt_time(item['timestamp_s'])}  {item['text']}"))
+            console.print(Text(f"  {fmt_time(item['timestamp_s'])}  {printable(item['text'])}"))

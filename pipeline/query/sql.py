@@ -15,7 +15,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.query import QueryError, Snapshot
+from pipeline.query import QueryError, Snapshot, printable
 from schemas import TABLES
 
 
@@ -98,7 +98,7 @@ def _cell(value) -> str:
         return f"{value:.6g}"
     if value is None:
         return "NULL"
-    text = str(value)
+    text = printable(str(value))
     return text if len(text) <= 200 else text[:199] + "…"
 
 
