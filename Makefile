@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.reelscope-installed
 DEMO ?= demo
 
-.PHONY: install demo test clean
+.PHONY: install browser demo test clean
 
 install: $(STAMP)
 
@@ -21,7 +21,13 @@ demo: $(STAMP)
 	$(BIN)/reelscope run $(DEMO)/media --output $(DEMO)/tables --profile tiny
 	$(BIN)/reelscope digest --output $(DEMO)/tables
 
-test: $(STAMP)
+# The HTML page test renders in Debian's headless chromium.
+browser:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; fi; }
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import time
@@ -154,6 +155,11 @@ def _write(output: Output, config: RunConfig, shard: Shard, tasks: list[VideoTas
         "config_fingerprint": config.fingerprint(),
         "profile": config.profile,
         "models": names,
+        # How to load each model again (search embeds queries with the very embedder of the keyframes).
+        "model_refs": {
+            role: {key: spec[key] for key in ("ref", "revision", "endpoint")}
+            for role, spec in dataclasses.asdict(config.models).items()
+        },
         "embedding_dim": dim,
         "committed_at": now.isoformat(),
         "videos": [

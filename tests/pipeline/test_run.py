@@ -87,6 +87,7 @@ def test_tables_conform_and_carry_the_content(first_run):
         assert s["status"] == "ok" or s["raw"]
     manifests = out.manifests()
     assert all(m["schema_version"] == SCHEMA_VERSION and m["config_fingerprint"] == config.fingerprint() for m in manifests)
+    assert manifests[0]["model_refs"]["embedder"] == {"ref": "tiny:clip", "revision": None, "endpoint": None}
     assert summary.keyframes == keyframes.num_rows and summary.summaries == 2
     assert set(summary.stage_seconds) >= {"decode", "transcribe", "caption", "embed", "summarize", "write"}
 
