@@ -33,14 +33,13 @@ from airflow.sdk import DAG, Param
 from operators import (
     GPU_POOL,
     SHARD_TIMEOUT,
+    STORAGE_TEMPLATES,
     ListAndShardOperator,
     RayShardOperator,
     ValidateAndPublishOperator,
     shared_params,
     task_defaults,
 )
-
-STORAGE = {"storage_options": "{{ params.storage_options }}", "aws_conn_id": "{{ params.aws_conn_id }}"}
 
 with DAG(
     dag_id="reelscope_archive",
@@ -67,17 +66,17 @@ with DAG(
         config_file="{{ params.config_file }}",
         shard_size="{{ params.shard_size }}",
         force="{{ params.force }}",
-        **STORAGE,
+        **STORAGE_TEMPLATES,
     )
     shards = RayShardOperator.partial(
         task_id="run_shard",
         pool=GPU_POOL,
         execution_timeout=SHARD_TIMEOUT,
         ray_conn_id="{{ params.ray_conn_id }}",
-        **STORAGE,
+        **STORAGE_TEMPLATES,
     ).expand(shard_uri=listing.output)
     # none_failed: a sweep with nothing pending maps zero shards (skipped) and is still validated.
     publish = ValidateAndPublishOperator(
-        task_id="validate_and_publish", plan_uri=listing.output["plan"], trigger_rule="none_failed", **STORAGE
+        task_id="validate_and_publish", plan_uri=listing.output["plan"], trigger_rule="none_failed", **STORAGE_TEMPLATES
     )
     shards >> publish

@@ -68,6 +68,10 @@ def resolve_storage_options(aws_conn_id: str | None, explicit: Any) -> dict:
     return merge_storage_options(from_conn, as_dict(explicit))
 
 
+# Every operator reads storage settings from the same two DAG params.
+STORAGE_TEMPLATES = {"storage_options": "{{ params.storage_options }}", "aws_conn_id": "{{ params.aws_conn_id }}"}
+
+
 def shared_params() -> dict:
     """The params both DAGs take besides their input and output (documented in each DAG's docs)."""
     from airflow.sdk import Param

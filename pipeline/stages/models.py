@@ -9,7 +9,7 @@ from typing import Any, Mapping
 import numpy as np
 from PIL import Image
 
-from pipeline.config import ModelSpec, Resources
+from pipeline.config import ModelSpec
 from pipeline.stages.base import Stage
 from pipeline.task import VideoTask
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import shutil
 
 import numpy as np
-import pyarrow as pa
 import pytest
 
 from pipeline.config import load_config

@@ -1,23 +1,8 @@
 """The query commands as users type them, on the hand-built archive (search itself: test_query_tiny.py)."""
 import json
-import sys
 
 import pytest
 
-from pipeline import cli
-
-
-@pytest.fixture
-def reelscope(monkeypatch, capsys):
-    def run(*args):
-        monkeypatch.setattr(sys, "argv", ["reelscope", *map(str, args)])
-        with pytest.raises(SystemExit) as exit_:
-            cli.main()
-            sys.exit(0)
-        captured = capsys.readouterr()
-        return exit_.value.code or 0, captured.out, " ".join(captured.err.split())  # unwrap the console
-
-    return run
 
 
 def test_sql_prints_a_table_or_json_lines(reelscope, archive):

@@ -1,34 +1,17 @@
 """Queries over a real tiny-profile output: the query model is loaded from the tables' provenance."""
 import io
 import json
-import sys
 
 import numpy as np
 import pytest
 import yaml
 from PIL import Image
 
-from pipeline import cli
 from pipeline.query import open_snapshot
 from pipeline.query.search import search
 from pipeline.query.sql import connect
 from pipeline.tables import Output
 from query_helpers import archive_tasks, write_archive
-
-
-@pytest.fixture
-def reelscope(monkeypatch, capsys, model_cache):
-    monkeypatch.setenv("REELSCOPE_CACHE", model_cache)
-
-    def run(*args):
-        monkeypatch.setattr(sys, "argv", ["reelscope", *map(str, args)])
-        with pytest.raises(SystemExit) as exit_:
-            cli.main()
-            sys.exit(0)
-        captured = capsys.readouterr()
-        return exit_.value.code or 0, captured.out, " ".join(captured.err.split())
-
-    return run
 
 
 def test_a_keyframes_own_image_finds_it_first(tiny_output, model_cache):
