@@ -82,7 +82,8 @@ def test_partition_for_interval():
     assert partition_for_interval(DAY, DAY + dt.timedelta(days=1)) == "dt=2026-11-22"
     assert partition_for_interval("2026-11-16T00:00:00+00:00", "2026-11-23T00:00:00Z") == "dt=2026-11-16"
     assert partition_for_interval(DAY + dt.timedelta(hours=6), DAY + dt.timedelta(hours=7)) == "dt=2026-11-22T060000"
-    pendulum = pytest.importorskip("pendulum")  # what Airflow passes as data_interval_start/end
+    import pendulum  # what Airflow passes as data_interval_start/end (installed with Airflow)
+
     assert partition_for_interval(pendulum.datetime(2026, 11, 22), pendulum.datetime(2026, 11, 23)) == "dt=2026-11-22"
     with pytest.raises(ValueError, match="empty data interval"):
         partition_for_interval(DAY, DAY)
