@@ -3,11 +3,8 @@ from __future__ import annotations
 
 from rich.console import Console
 
+from pipeline.query import fmt_time, printable
 from pipeline.tables import Output, OutputError
-
-
-def _fmt_time(seconds: float) -> str:
-    return f"{int(seconds // 60):02d}:{seconds % 60:04.1f}"
 
 
 def print_digest(console: Console, output_uri: str, storage_options=None) -> None:
@@ -32,13 +29,13 @@ def print_digest(console: Console, output_uri: str, storage_options=None) -> Non
             highlight=False,
         )
         for k in sorted(kf, key=lambda r: r["timestamp_s"])[:5]:
-            console.print(f"    keyframe {_fmt_time(k['timestamp_s'])}  {k['caption']!r}", markup=False, highlight=False)
+            console.print(f"    keyframe {fmt_time(k['timestamp_s'])}  {printable(k['caption'])}", markup=False, highlight=False)
         s = summaries.get(v["video_id"])
         if s is None:
             console.print("    summary: (missing)", markup=False)
         elif s["status"] == "ok":
-            console.print(f"    summary: {s['title']} — {s['summary']}", markup=False, highlight=False)
+            console.print(f"    summary: {printable(s['title'])} — {printable(s['summary'])}", markup=False, highlight=False)
         else:
-            raw = (s["raw"] or "").replace("\n", " ")
-            console.print(f"    summary ({s['status']}, raw model output): {raw[:120]!r}", markup=False, highlight=False)
+            raw = printable(s["raw"])[:120]
+            console.print(f"    summary ({s['status']}, raw model output): {raw}", markup=False, highlight=False)
     console.print(f"{len(videos)} videos, {len(keyframes)} keyframes, {len(segments)} segments, {len(summaries)} summaries")
