@@ -43,9 +43,9 @@ def resolve(
 
 
 def _tiny(role: str, cache_dir: Path) -> Path:
-    from pipeline.models.tiny import build_tiny
+    from pipeline.models.tiny import BUILD, build_tiny
 
-    final = cache_dir / "tiny" / role
+    final = cache_dir / "tiny" / BUILD / role
 
     def build(tmp: Path) -> Path:
         log.info("building tiny %s model in %s", role, final)

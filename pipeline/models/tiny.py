@@ -15,6 +15,8 @@ import torch
 log = logging.getLogger(__name__)
 
 SEED = 1234
+# Bumped whenever a build changes what it writes, so caches of older builds are not taken for this one.
+BUILD = "v2"
 ROLES = ("whisper", "blip2", "clip", "llm")
 
 # Small, but covering every character class a tokenizer meets, so that trained vocabularies need no
@@ -48,9 +50,32 @@ def build_tiny(role: str, directory: Path) -> Path:
     return builders[role](directory)
 
 
-def _train(tokenizer, vocab_size: int):
-    """A tokenizer of the model's own class, its BPE merges trained on the built-in corpus."""
-    return tokenizer.train_new_from_iterator(_CORPUS * 4, vocab_size=vocab_size, show_progress=False)
+def _bpe(specials: list[str], end_of_word: str = "", lowercase: bool = False) -> tuple[dict[str, int], list]:
+    """A byte-level BPE vocabulary and merges made from the corpus's words, the same on every machine.
+
+    ``tokenizers``' trainer orders equal-count merges and even the alphabet by hash-map iteration, so two
+    builds of ``tiny:clip`` would tokenise text differently: a search would then embed a query unlike the
+    run did. Here the alphabet is the 256 byte symbols in byte order and each corpus word (with its
+    leading-space form, or its end-of-word suffix for CLIP) is merged left to right, in sorted word order.
+    """
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    alphabet = [bytes_to_unicode()[b] for b in range(256)]
+    tokens = list(dict.fromkeys([*specials, *alphabet, *([c + end_of_word for c in alphabet] if end_of_word else [])]))
+    known, merges = set(tokens), []
+    words = sorted({w.lower() if lowercase else w for line in _CORPUS for w in line.split() if w.isalpha()})
+    for word in words:
+        for form in [word] if end_of_word else [word, "\u0120" + word]:  # U+0120 is byte-level BPE's space
+            symbols = list(form)
+            symbols[-1] += end_of_word
+            while len(symbols) > 1:
+                merged = symbols[0] + symbols[1]
+                if merged not in known:
+                    merges.append((symbols[0], symbols[1]))
+                    tokens.append(merged)
+                    known.add(merged)
+                symbols = [merged, *symbols[2:]]
+    return {t: i for i, t in enumerate(tokens)}, merges
 
 
 def _whisper(directory: Path) -> Path:
@@ -78,8 +103,10 @@ def _blip2(directory: Path) -> Path:
     from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
 
     # OPT's special tokens, plus the image placeholder the processor and generate() both use.
-    base = GPT2Tokenizer(bos_token="</s>", eos_token="</s>", unk_token="</s>", pad_token="<pad>")
-    tokenizer = _train(base, 400)
+    vocab, merges = _bpe(["</s>", "<pad>"])
+    tokenizer = GPT2Tokenizer(
+        vocab=vocab, merges=merges, bos_token="</s>", eos_token="</s>", unk_token="</s>", pad_token="<pad>",
+    )
     processor = Blip2Processor(
         BlipImageProcessorPil(size={"height": 32, "width": 32}), tokenizer, num_query_tokens=4,
     )
@@ -111,7 +138,8 @@ def _clip(directory: Path) -> Path:
     from transformers import CLIPConfig, CLIPModel, CLIPProcessor, CLIPTokenizer
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-    tokenizer = _train(CLIPTokenizer(model_max_length=32), 400)
+    vocab, merges = _bpe(["<|startoftext|>", "<|endoftext|>"], end_of_word="</w>", lowercase=True)
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=32)
     image_processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     config = CLIPConfig(
         text_config=dict(
@@ -142,11 +170,11 @@ _CHAT_TEMPLATE = (
 def _llm(directory: Path) -> Path:
     from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen2Tokenizer
 
-    base = Qwen2Tokenizer(
-        eos_token="<|im_end|>", pad_token="<|endoftext|>",
+    vocab, merges = _bpe(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+    tokenizer = Qwen2Tokenizer(
+        vocab=vocab, merges=merges, eos_token="<|im_end|>", pad_token="<|endoftext|>",
         extra_special_tokens=["<|im_start|>"],
     )
-    tokenizer = _train(base, 600)
     tokenizer.chat_template = _CHAT_TEMPLATE
     tokenizer.model_max_length = 1024
     config = Qwen2Config(

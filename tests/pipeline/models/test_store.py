@@ -8,6 +8,7 @@ import fsspec
 import pytest
 
 from pipeline.models import store, tiny
+from pipeline.models.tiny import BUILD
 
 
 @pytest.fixture
@@ -27,14 +28,14 @@ def counted_builds(monkeypatch):
 def test_tiny_is_built_once_under_the_cache(tmp_path, counted_builds):
     first = store.resolve("tiny:llm", "llm", tmp_path)
     second = store.resolve("tiny:llm", "llm", str(tmp_path))
-    assert first == second == str(tmp_path / "tiny" / "llm")
+    assert first == second == str(tmp_path / "tiny" / BUILD / "llm")
     assert (Path(first) / "config.json").is_file()
     assert counted_builds == ["llm"]
     assert not [p for p in (tmp_path / "tiny").iterdir() if p.name.startswith(".")]  # no temporary left
 
 
 def test_tiny_whisper_resolves_to_its_checkpoint_file(tiny_path, model_cache):
-    assert tiny_path("whisper") == str(Path(model_cache) / "tiny" / "whisper" / "tiny-whisper.pt")
+    assert tiny_path("whisper") == str(Path(model_cache) / "tiny" / BUILD / "whisper" / "tiny-whisper.pt")
 
 
 def test_concurrent_resolves_build_once(tmp_path, counted_builds):
@@ -51,7 +52,7 @@ def test_concurrent_resolves_build_once(tmp_path, counted_builds):
 
 def test_an_interrupted_build_is_redone(tmp_path, counted_builds):
     # A folder without its pointer file: what a crash between rename and pointer leaves behind.
-    (tmp_path / "tiny" / "llm").mkdir(parents=True)
+    (tmp_path / "tiny" / BUILD / "llm").mkdir(parents=True)
     path = store.resolve("tiny:llm", "llm", tmp_path)
     assert (Path(path) / "config.json").is_file() and counted_builds == ["llm"]
 

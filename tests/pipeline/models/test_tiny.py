@@ -39,6 +39,13 @@ def test_builds_are_deterministic(tmp_path):
     assert _same(*whisper) and _same(*llm)
 
 
+@pytest.mark.parametrize("role", ["blip2", "clip", "llm"])
+def test_tokenizers_are_the_same_on_every_build(tmp_path, role):
+    # Two caches of the same tiny model must tokenise alike, or a search embeds queries unlike the run did.
+    first, second = (build_tiny(role, tmp_path / n) / "tokenizer.json" for n in "ab")
+    assert first.read_bytes() == second.read_bytes()
+
+
 def test_blip2_loads_with_matching_image_tokens(tiny_path):
     from transformers import AutoProcessor, Blip2ForConditionalGeneration
 
