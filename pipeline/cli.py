@@ -49,6 +49,7 @@ def run(
     profile: str = typer.Option("tiny", help="Model profile: tiny (offline random weights), cpu or gpu."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML file with model and extraction settings."),
     force: bool = typer.Option(False, "--force", help="Redo videos that are already done."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Redo videos whose earlier run failed."),
     shard_size: Optional[int] = typer.Option(None, help="Videos per shard (unit of work and of output files)."),
     ray_address: Optional[str] = typer.Option(None, help="Join this Ray cluster instead of starting a local Ray (also RAY_ADDRESS)."),
     device: Optional[str] = typer.Option(None, help="auto, cpu or cuda."),
@@ -60,7 +61,7 @@ def run(
 
     cfg = load_config(
         input, output, profile, str(config) if config else None,
-        force=force or None, shard_size=shard_size, ray_address=ray_address, device=device,
+        force=force or None, retry_failed=retry_failed or None, shard_size=shard_size, ray_address=ray_address, device=device,
     )
     with RunProgress(err) as bar:
         summary = run_pipeline(cfg, progress=bar.update)

@@ -139,6 +139,7 @@ class RunConfig:
     keyframes: KeyframeSettings = field(default_factory=KeyframeSettings)
     shard_size: int = 8
     force: bool = False
+    retry_failed: bool = False  # redo videos whose committed row failed (force redoes everything)
     device: str = "auto"  # auto | cpu | cuda
     ray_address: str | None = None
     storage_options: Mapping[str, Any] = field(default_factory=dict)

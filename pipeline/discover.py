@@ -153,10 +153,12 @@ def plan_shards(
     config_fingerprint: str,
     shard_size: int,
     force: bool = False,
+    retry_failed: bool = False,
 ) -> tuple[list[Shard], int]:
     """Decide which items to (re)process and group them into shards. Returns ``(shards, skipped)``.
 
-    An item is done when a committed manifest holds it with the same input and config fingerprints.
+    An item is done when a committed manifest holds it with the same input and config fingerprints (and,
+    with ``retry_failed``, it did not fail there: a failure may have been passing, like a storage timeout).
     Items that a committed shard already holds are regrouped into that same shard, so a rewrite replaces
     the shard's files under the same names and no row is ever duplicated; new items form new shards.
     """
@@ -172,6 +174,7 @@ def plan_shards(
         or i.video_id not in by_video
         or by_video[i.video_id]["input_fingerprint"] != i.input_fingerprint
         or by_video[i.video_id]["config"] != config_fingerprint
+        or (retry_failed and by_video[i.video_id].get("status") == "failed")
     ]
     skipped = len(items) - len(pending)
     shards: list[Shard] = []

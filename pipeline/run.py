@@ -73,7 +73,8 @@ def plan(config: RunConfig, items: Sequence[MediaItem] | None = None) -> tuple[O
             wanted = set(config.include)
             items = [i for i in items if i.uri in wanted]
     shards, skipped = plan_shards(
-        list(items), output.manifests(), config.fingerprint(), config.shard_size, force=config.force
+        list(items), output.manifests(), config.fingerprint(), config.shard_size, force=config.force,
+        retry_failed=config.retry_failed,
     )
     return output, list(items), shards, skipped
 

@@ -101,3 +101,16 @@ def test_plan_skips_done_and_regroups_changed(tree):
     assert len(redo[0].items) == 2
     forced, skipped = plan_shards(items, committed, "c1", shard_size=2, force=True)
     assert sorted(s.shard_id for s in forced) == sorted(s.shard_id for s in shards) and skipped == 0
+
+
+def test_retry_failed_redoes_the_shards_holding_failures(tree):
+    items = discover(str(tree))
+    shards, _ = plan_shards(items, [], "c1", shard_size=2)
+    committed = [_manifest(s.shard_id, s.items) for s in shards]
+    failed_id = shards[1].items[0].video_id
+    for v in committed[1]["videos"]:
+        v["status"] = "failed"
+    assert plan_shards(items, committed, "c1", shard_size=2) == ([], 3)
+    redo, skipped = plan_shards(items, committed, "c1", shard_size=2, retry_failed=True)
+    assert [s.shard_id for s in redo] == [shards[1].shard_id] and skipped == 2
+    assert [i.video_id for i in redo[0].items] == [failed_id]
