@@ -18,7 +18,8 @@ import numpy as np
 from PIL import Image
 
 from pipeline.config import KeyframeSettings
-from pipeline.media.probe import ProbeResult, open_video, probe
+from pipeline.media.probe import ProbeResult, probe
+from pipeline.media.reader import open_video
 
 log = logging.getLogger(__name__)
 
