@@ -2,7 +2,8 @@
 
 Decode runs as Ray tasks (CPU, scheduled as cores free up); each model stage is a pool of actors sized to
 the GPUs there are (one actor per stage on a CPU-only cluster), created once per run so models load once.
-Within a shard the stages run one after another, each spreading its batches over its pool.
+Within a shard the model stages run one after another, each spreading its batches over its pool, while
+the next shard decodes.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 from pipeline.stages.base import Stage
 from pipeline.task import VideoTask
@@ -119,22 +120,33 @@ class RayExecutor:
                 ray.kill(actor)
         self.pools = {}
 
-    def run_shard(self, tasks: list[VideoTask], on_stage: Callable[[str], None] | None = None) -> list[VideoTask]:
+    def run_shards(
+        self, shards: list[list[VideoTask]], on_stage: Callable[[int, str], None] | None = None
+    ) -> Iterator[list[VideoTask]]:
+        """Each shard's finished tasks, in order.
+
+        The next shard decodes (CPU tasks) while this one is in the model stages, so the models do not wait
+        for decoding between shards; at most two shards' decoded media are held at once.
+        """
         import ray
+
+        decoding = self._decode_async(shards[0]) if shards else []
+        for n, tasks in enumerate(shards):
+            if on_stage:
+                on_stage(n, self.decoder.name)
+            start = time.perf_counter()
+            decoded = [t for batch in ray.get(decoding) for t in batch]
+            self._add(self.decoder.name, start)
+            decoding = self._decode_async(shards[n + 1]) if n + 1 < len(shards) else []
+            yield self._model_stages(decoded, (lambda name, n=n: on_stage(n, name)) if on_stage else None)
+
+    def _decode_async(self, tasks: list[VideoTask]) -> list:
+        return [self._decode.remote(self.decoder, [t]) for t in tasks]
+
+    def _model_stages(self, tasks: list[VideoTask], on_stage: Callable[[str], None] | None) -> list[VideoTask]:
         from ray.util import ActorPool
 
         by_id = {t.video_id: t for t in tasks}
-
-        def merge(results):
-            for batch in results:
-                for t in batch:
-                    by_id[t.video_id] = t
-
-        if on_stage:
-            on_stage(self.decoder.name)
-        start = time.perf_counter()
-        merge(ray.get([self._decode.remote(self.decoder, [t]) for t in tasks]))
-        self._add(self.decoder.name, start)
         for stage in self.model_stages:
             todo = [t for t in by_id.values() if stage.wants(t)]
             if not todo:
@@ -144,7 +156,8 @@ class RayExecutor:
             start = time.perf_counter()
             batches = [todo[i : i + stage.batch_size] for i in range(0, len(todo), stage.batch_size)]
             pool = ActorPool(self.pools[stage.name])
-            merge(pool.map_unordered(lambda actor, batch: actor.process_batch.remote(batch), batches))
+            for batch in pool.map_unordered(lambda actor, batch: actor.process_batch.remote(batch), batches):
+                by_id.update((t.video_id, t) for t in batch)
             self._add(stage.name, start)
         return [by_id[t.video_id] for t in tasks]
 

@@ -103,14 +103,13 @@ def run(
         progress("loading models", 0, todo)
     executor = executor_for(decoder, stages, device=config.device)
     done = 0
-    for n, shard in enumerate(shards, 1):
-        tasks = [VideoTask(i.video_id, i.uri, i.input_fingerprint, i.size) for i in shard.items]
 
-        def on_stage(name: str, n=n) -> None:
-            if progress:
-                progress(f"shard {n}/{len(shards)}: {name}", done, todo)
+    def on_stage(index: int, name: str) -> None:
+        if progress:
+            progress(f"shard {index + 1}/{len(shards)}: {name}", done, todo)
 
-        tasks = executor.run_shard(tasks, on_stage)
+    batches = [[VideoTask(i.video_id, i.uri, i.input_fingerprint, i.size) for i in s.items] for s in shards]
+    for n, (shard, tasks) in enumerate(zip(shards, executor.run_shards(batches, on_stage)), 1):
         write_start = time.perf_counter()
         manifest = _write(output, config, shard, tasks, executor.model_info)
         executor.stage_seconds["write"] = executor.stage_seconds.get("write", 0.0) + time.perf_counter() - write_start
