@@ -31,12 +31,9 @@ import datetime as dt
 from airflow.sdk import DAG, Param
 
 from operators import (
-    GPU_POOL,
-    SHARD_TIMEOUT,
     STORAGE_TEMPLATES,
     ListAndShardOperator,
-    RayShardOperator,
-    ValidateAndPublishOperator,
+    run_and_publish,
     shared_params,
     task_defaults,
 )
@@ -68,15 +65,4 @@ with DAG(
         force="{{ params.force }}",
         **STORAGE_TEMPLATES,
     )
-    shards = RayShardOperator.partial(
-        task_id="run_shard",
-        pool=GPU_POOL,
-        execution_timeout=SHARD_TIMEOUT,
-        ray_conn_id="{{ params.ray_conn_id }}",
-        **STORAGE_TEMPLATES,
-    ).expand(shard_uri=listing.output)
-    # none_failed: a sweep with nothing pending maps zero shards (skipped) and is still validated.
-    publish = ValidateAndPublishOperator(
-        task_id="validate_and_publish", plan_uri=listing.output["plan"], trigger_rule="none_failed", **STORAGE_TEMPLATES
-    )
-    shards >> publish
+    run_and_publish(listing)

@@ -33,12 +33,9 @@ import os
 from airflow.sdk import DAG, CronDataIntervalTimetable, Param
 
 from operators import (
-    GPU_POOL,
-    SHARD_TIMEOUT,
     STORAGE_TEMPLATES,
     ListAndShardOperator,
-    RayShardOperator,
-    ValidateAndPublishOperator,
+    run_and_publish,
     shared_params,
     task_defaults,
 )
@@ -76,15 +73,4 @@ with DAG(
         replace_partition=True,
         **STORAGE_TEMPLATES,
     )
-    shards = RayShardOperator.partial(
-        task_id="run_shard",
-        pool=GPU_POOL,
-        execution_timeout=SHARD_TIMEOUT,
-        ray_conn_id="{{ params.ray_conn_id }}",
-        **STORAGE_TEMPLATES,
-    ).expand(shard_uri=listing.output)
-    # none_failed: an interval with no arrivals maps zero shards (skipped) and is still validated.
-    publish = ValidateAndPublishOperator(
-        task_id="validate_and_publish", plan_uri=listing.output["plan"], trigger_rule="none_failed", **STORAGE_TEMPLATES
-    )
-    shards >> publish
+    run_and_publish(listing)

@@ -6,6 +6,7 @@ from operators.common import GPU_POOL, SHARD_TIMEOUT, STORAGE_TEMPLATES, shared_
 from operators.list_and_shard import ListAndShardOperator
 from operators.ray_shard import RayShardOperator
 from operators.validate import ValidateAndPublishOperator
+from operators.wiring import run_and_publish
 
 __all__ = [
     "GPU_POOL",
@@ -14,6 +15,7 @@ __all__ = [
     "ListAndShardOperator",
     "RayShardOperator",
     "ValidateAndPublishOperator",
+    "run_and_publish",
     "shared_params",
     "task_defaults",
 ]
