@@ -141,18 +141,19 @@ def _write(output: Output, config: RunConfig, shard: Shard, tasks: list[VideoTas
         "summarizer": model_info["summarize"]["name"],
     }
     dim = model_info["embed"]["dim"]
+    fingerprint = config.fingerprint()
     now = dt.datetime.now(dt.timezone.utc)
     tables = build_tables(
         tasks,
         shard_id=shard.shard_id,
-        config_fingerprint=config.fingerprint(),
+        config_fingerprint=fingerprint,
         embedding_dim=dim,
         model_names=names,
         processed_at=now,
     )
     manifest = {
         "pipeline_version": PIPELINE_VERSION,
-        "config_fingerprint": config.fingerprint(),
+        "config_fingerprint": fingerprint,
         "profile": config.profile,
         "models": names,
         # How to load each model again (search embeds queries with the very embedder of the keyframes).

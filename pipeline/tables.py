@@ -146,11 +146,15 @@ class Output:
                 out.append(json.loads(f.read()))
         return out
 
+    def file_path(self, manifest: Mapping[str, Any], table: str) -> str:
+        """Full path of the data file a manifest names for ``table`` (manifests hold paths relative to root)."""
+        return posixpath.join(self.root, manifest["files"][table]["path"])
+
     def committed_files(self, table: str, all_partitions: bool = True) -> list[str]:
         """Full paths of a table's committed data files."""
         if table not in TABLES:
             raise ValueError(f"unknown table {table!r}; tables are {', '.join(TABLES)}")
-        return [posixpath.join(self.root, m["files"][table]["path"]) for m in self.manifests(all_partitions)]
+        return [self.file_path(m, table) for m in self.manifests(all_partitions)]
 
     def read_table(self, table: str, columns: Iterable[str] | None = None, all_partitions: bool = True) -> pa.Table:
         """Read one table from committed shards only, with its declared schema."""

@@ -40,7 +40,7 @@ def _check_files(output: Output, manifest: dict, problems: list[str]) -> dict[st
         problems.append(f"shard {shard}: schema version {found!r}, expected {SCHEMA_VERSION!r}")
     for table in TABLES:
         entry = manifest["files"][table]
-        with output.fs.open(posixpath.join(output.root, entry["path"]), "rb") as f:
+        with output.fs.open(output.file_path(manifest, table), "rb") as f:
             parquet = pq.ParquetFile(f)  # the footer only: schema and row count, no data pages
             actual, meta = parquet.schema_arrow, parquet.metadata
         dim = manifest.get("embedding_dim")

@@ -5,7 +5,6 @@ of committed shards even while a writer commits new ones.
 """
 from __future__ import annotations
 
-import posixpath
 import re
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -31,7 +30,7 @@ class Snapshot:
 
     def paths(self, table: str) -> list[str]:
         """Paths of a table's committed files on the output's filesystem."""
-        return [posixpath.join(self.output.root, m["files"][table]["path"]) for m in self.manifests]
+        return [self.output.file_path(m, table) for m in self.manifests]
 
     def urls(self, table: str) -> list[str]:
         """The same files as DuckDB opens them: plain paths when local, else through the registered fsspec."""

@@ -210,25 +210,26 @@ def search(
         ranked.update(_text(con, terms, n))
     active = len(ranked)
     videos = sorted({c.video_id for cs in ranked.values() for c in cs})
-    frames: dict[str, list[tuple]] = {}
-    for v, f, t, cap in con.execute(
-        "SELECT video_id, frame_index, timestamp_s, caption FROM keyframes WHERE list_contains($ids, video_id) "
-        "ORDER BY video_id, timestamp_s", {"ids": videos}
-    ).fetchall():
-        frames.setdefault(v, []).append((f, t, cap))
+    frames = _by_video(con, "frame_index, timestamp_s, caption", "keyframes", "timestamp_s", videos)
     top = _fuse(ranked, frames)[:k]
     return _moments(con, top, active)
+
+
+def _by_video(con, columns: str, table: str, order: str, ids: list[str]) -> dict[str, list[tuple]]:
+    """``columns`` of ``table`` for the videos ``ids``, grouped per video in ``order``."""
+    grouped: dict[str, list[tuple]] = {}
+    for video_id, *row in con.execute(
+        f"SELECT video_id, {columns} FROM {table} WHERE list_contains($ids, video_id) ORDER BY video_id, {order}",
+        {"ids": ids},
+    ).fetchall():
+        grouped.setdefault(video_id, []).append(tuple(row))
+    return grouped
 
 
 def _moments(con, top: list[_Acc], active: int) -> list[Moment]:
     ids = sorted({a.video_id for a in top})
     uris = dict(con.execute("SELECT video_id, uri FROM videos WHERE list_contains($ids, video_id)", {"ids": ids}).fetchall())
-    segments: dict[str, list[tuple]] = {}
-    for v, start, end, text in con.execute(
-        "SELECT video_id, start_s, end_s, text FROM segments WHERE list_contains($ids, video_id) "
-        "ORDER BY video_id, start_s", {"ids": ids}
-    ).fetchall():
-        segments.setdefault(v, []).append((start, end, text))
+    segments = _by_video(con, "start_s, end_s, text", "segments", "start_s", ids)
     best = active / (RRF_K + 1)
     out = []
     for a in top:
