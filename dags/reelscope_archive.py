@@ -31,7 +31,7 @@ import datetime as dt
 from airflow.sdk import DAG, Param
 
 from operators import (
-    STORAGE_TEMPLATES,
+    LISTING_TEMPLATES,
     ListAndShardOperator,
     run_and_publish,
     shared_params,
@@ -57,12 +57,7 @@ with DAG(
 ) as dag:
     listing = ListAndShardOperator(
         task_id="list_and_shard",
-        input_uri="{{ params.input_uri }}",
-        output_uri="{{ params.output_uri }}",
-        profile="{{ params.profile }}",
-        config_file="{{ params.config_file }}",
-        shard_size="{{ params.shard_size }}",
         force="{{ params.force }}",
-        **STORAGE_TEMPLATES,
+        **LISTING_TEMPLATES,
     )
     run_and_publish(listing)

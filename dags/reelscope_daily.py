@@ -33,7 +33,7 @@ import os
 from airflow.sdk import DAG, CronDataIntervalTimetable, Param
 
 from operators import (
-    STORAGE_TEMPLATES,
+    LISTING_TEMPLATES,
     ListAndShardOperator,
     run_and_publish,
     shared_params,
@@ -62,15 +62,10 @@ with DAG(
 ) as dag:
     listing = ListAndShardOperator(
         task_id="list_interval",
-        input_uri="{{ params.input_uri }}",
-        output_uri="{{ params.output_uri }}",
-        profile="{{ params.profile }}",
-        config_file="{{ params.config_file }}",
-        shard_size="{{ params.shard_size }}",
         interval_start="{{ data_interval_start }}",
         interval_end="{{ data_interval_end }}",
         layout="{{ params.layout }}",
         replace_partition=True,
-        **STORAGE_TEMPLATES,
+        **LISTING_TEMPLATES,
     )
     run_and_publish(listing)

@@ -2,7 +2,9 @@
 
 They import Airflow's task SDK only; the pipeline (and torch, Ray) is imported inside ``execute``.
 """
-from operators.common import GPU_POOL, SHARD_TIMEOUT, STORAGE_TEMPLATES, shared_params, task_defaults
+from operators.common import (
+    GPU_POOL, LISTING_TEMPLATES, SHARD_TIMEOUT, STORAGE_TEMPLATES, shared_params, task_defaults,
+)
 from operators.list_and_shard import ListAndShardOperator
 from operators.ray_shard import RayShardOperator
 from operators.validate import ValidateAndPublishOperator
@@ -10,6 +12,7 @@ from operators.wiring import run_and_publish
 
 __all__ = [
     "GPU_POOL",
+    "LISTING_TEMPLATES",
     "SHARD_TIMEOUT",
     "STORAGE_TEMPLATES",
     "ListAndShardOperator",

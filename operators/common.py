@@ -70,6 +70,15 @@ def resolve_storage_options(aws_conn_id: str | None, explicit: Any) -> dict:
 
 # Every operator reads storage settings from the same two DAG params.
 STORAGE_TEMPLATES = {"storage_options": "{{ params.storage_options }}", "aws_conn_id": "{{ params.aws_conn_id }}"}
+# What both DAGs hand their listing task from the params they share.
+LISTING_TEMPLATES = {
+    "input_uri": "{{ params.input_uri }}",
+    "output_uri": "{{ params.output_uri }}",
+    "profile": "{{ params.profile }}",
+    "config_file": "{{ params.config_file }}",
+    "shard_size": "{{ params.shard_size }}",
+    **STORAGE_TEMPLATES,
+}
 
 
 def shared_params() -> dict:
