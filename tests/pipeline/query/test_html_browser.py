@@ -1,6 +1,6 @@
 """The HTML page in a real headless browser: the thumbnails must render, checked by their colours on screen.
 
-Needs Debian's ``chromium`` on PATH: ``make test`` installs it (``make browser``); without it the test fails.
+Needs Debian's ``chromium`` on PATH: ``make test`` installs it (``make system-deps``); without it the test fails.
 """
 import dataclasses
 import shutil
@@ -19,7 +19,7 @@ BROWSER = next((shutil.which(b) for b in ("chromium", "chromium-browser", "googl
 def _screenshot(html: str, tmp_path) -> np.ndarray:
     page, shot = tmp_path / "page.html", tmp_path / "shot.png"
     page.write_text(html, encoding="utf-8")
-    assert BROWSER, "chromium is needed on PATH: run `make browser` (apt-get install chromium)"
+    assert BROWSER, "chromium is needed on PATH: run `make system-deps` (apt-get install chromium)"
     subprocess.run(
         [BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
