@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.reelscope-installed
 DEMO ?= demo
 
-.PHONY: install models system-deps demo test clean
+.PHONY: install models speech-deps system-deps demo test clean
 
 install: $(STAMP)
 
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(STAMP) speech-deps
 	$(BIN)/reelscope sample $(DEMO)/media --broken
 	$(BIN)/reelscope run $(DEMO)/media --output $(DEMO)/tables --profile tiny
 	$(BIN)/reelscope digest --output $(DEMO)/tables
@@ -26,16 +26,22 @@ demo: $(STAMP)
 models: $(STAMP)
 	$(BIN)/reelscope models fetch
 
-# Debian packages the tests use: chromium renders the HTML page test, espeak-ng speaks the talks the
-# transcription tests score.
-DEBS := chromium espeak-ng
-system-deps:
-	@missing=""; for p in $(DEBS); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+# Debian packages, installed when missing and named when they are: espeak-ng speaks the sample talk and
+# the talks the transcription tests score; chromium renders the HTML page test.
+define apt_install
+	@missing=""; for p in $(1); do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
-	  echo "installing Debian packages for the tests:$$missing"; \
+	  echo "installing Debian packages:$$missing"; \
 	  sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
 	  $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
+endef
+
+speech-deps:
+	$(call apt_install,espeak-ng)
+
+system-deps:
+	$(call apt_install,espeak-ng chromium)
 
 test: $(STAMP) system-deps models
 	$(BIN)/python -m pytest -q

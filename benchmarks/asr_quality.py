@@ -77,6 +77,7 @@ def main() -> None:
     asr = WhisperAsr(checkpoint, batch_size=args.batch_size)
     fw = WhisperModel(str(ct2_folder), device="cpu", compute_type="float32", cpu_threads=args.threads)
     batched = BatchedInferencePipeline(fw)
+    logging.getLogger("faster_whisper").setLevel(logging.WARNING)  # it logs every call at INFO
     systems: dict[str, Callable[[], list[tuple[float, str]]]] = {
         "pipeline": lambda: [
             (s.start_s, s.text) for s in asr.transcribe_many([audio])[0].segments
@@ -101,7 +102,7 @@ def main() -> None:
         wer = word_error_rate(reference, " ".join(text for _, text in segments))
         error = statistics.median(start_errors(utterances, [start for start, _ in segments]))
         table.add_row(name, f"{wer:.3f}", f"{error:.2f}", f"{seconds:.2f}", f"{seconds / baseline:.2f}")
-    Console().print(table)
+    Console(width=120).print(table)
 
 
 if __name__ == "__main__":

@@ -87,7 +87,7 @@ SUMMARIES = pa.schema(
         pa.field("title", pa.string()),
         pa.field("summary", pa.string()),
         pa.field("timeline", pa.list_(TIMELINE_ITEM)),
-        pa.field("status", pa.string(), nullable=False),  # ok | invalid_json | error
+        pa.field("status", pa.string(), nullable=False),  # ok | partial (cut off, recovered) | invalid_json | error
         pa.field("raw", pa.string()),  # the model's answer, kept whenever it was not valid JSON
         pa.field("chunks", pa.int32(), nullable=False),
         pa.field("summary_model", pa.string(), nullable=False),

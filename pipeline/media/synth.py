@@ -73,14 +73,25 @@ def make_vfr_video(path, segments: list[tuple[str, float, float]], size: tuple[i
 
 
 def write_samples(directory) -> list[Path]:
-    """A few short demo videos with known content; same inputs give the same files."""
+    """A few short demo videos with known content; same inputs give the same files. Where espeak-ng is
+    installed, one of them speaks (a tone is not speech: nothing would reach the transcriber)."""
+    import shutil
+
     directory = Path(directory)
-    return [
+    paths = [
         make_video(directory / "scenes.mp4", [("red", 2.0), ("lime", 2.0), ("blue", 2.0)], tone_hz=440.0),
         make_video(directory / "pattern.mkv", [("black", 4.0)], test_pattern=True),
         make_video(directory / "portrait.mp4", [("yellow", 1.5), ("purple", 1.5)], size=(240, 160),
                    tone_hz=660.0, rotate=90),
     ]
+    if shutil.which("espeak-ng"):
+        from pipeline.media.speech import lay_out, write_talk
+
+        audio, _ = lay_out([(0.5, "Welcome to the kitchen."), (3.0, "Today we bake bread.")], 6.0)
+        paths.append(write_talk(directory / "talk.mp4", audio, [("teal", 3.0), ("orange", 3.0)], size=(320, 240)))
+    else:
+        log.warning("espeak-ng is not installed: the samples hold no speech (apt-get install espeak-ng)")
+    return paths
 
 
 def _colour(colour: str, seconds: float, fps: float, size: tuple[int, int]):

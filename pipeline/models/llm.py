@@ -1,4 +1,8 @@
-"""Chat LLMs for summaries: a local causal LM, or any OpenAI-compatible server (vLLM, TGI, llama.cpp...)."""
+"""Chat LLMs for summaries: a local causal LM, or any OpenAI-compatible server (vLLM, TGI, llama.cpp...).
+
+Both take an optional JSON schema for the answer: the local model decodes under it (``constrain``), a server
+is asked for it as ``response_format``.
+"""
 from __future__ import annotations
 
 import json
@@ -6,6 +10,7 @@ import logging
 import os
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -19,13 +24,17 @@ class ChatLlm(Protocol):
     name: str
     context_tokens: int
 
-    def complete(self, messages: list[dict], max_new_tokens: int) -> str: ...
+    def complete(self, messages: list[dict], max_new_tokens: int, schema: dict | None = None) -> str: ...
 
     def count_tokens(self, text: str) -> int: ...
 
 
 class LocalChatLlm:
-    """A causal LM with a chat template, decoding greedily (summaries should not change between reruns)."""
+    """A causal LM with a chat template, decoding greedily (summaries should not change between reruns).
+
+    ``path_or_id`` is a hub id, a transformers folder, or a GGUF file (or a folder holding exactly one),
+    which transformers dequantizes; a GGUF's own chat template comes with its tokenizer.
+    """
 
     def __init__(self, path_or_id: str, device: str = "cpu", context_tokens: int = 4096, revision: str | None = None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -33,27 +42,57 @@ class LocalChatLlm:
         self.name = path_or_id
         self.device = device
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-        self.tokenizer = AutoTokenizer.from_pretrained(path_or_id, revision=revision)
-        self.model = AutoModelForCausalLM.from_pretrained(path_or_id, revision=revision, dtype=dtype).to(device).eval()
+        source, gguf = gguf_file(path_or_id)
+        where = {"gguf_file": gguf} if gguf else {"revision": revision}
+        self.tokenizer = AutoTokenizer.from_pretrained(source, **where)
+        self.model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **where).to(device).eval()
         # Never promise more context than the model has positions for.
         limit = getattr(self.model.config, "max_position_embeddings", None)
         self.context_tokens = min(context_tokens, limit) if limit else context_tokens
+        eos = self.model.generation_config.eos_token_id
+        eos = eos if eos is not None else self.tokenizer.eos_token_id
+        self.eos_ids = [eos] if isinstance(eos, int) else list(eos)
         pad = self.tokenizer.pad_token_id
-        self._pad_id = pad if pad is not None else self.tokenizer.eos_token_id
+        self.pad_id = pad if pad is not None else self.eos_ids[0]
+        self._constraint = None  # built on the first schema: it walks the whole vocabulary once
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text, add_special_tokens=False))
 
-    def complete(self, messages: list[dict], max_new_tokens: int) -> str:
+    def complete(self, messages: list[dict], max_new_tokens: int, schema: dict | None = None) -> str:
         inputs = self.tokenizer.apply_chat_template(
             messages, add_generation_prompt=True, return_tensors="pt", return_dict=True,
         ).to(self.device)
+        processors = [self.schema_processor(schema)] if schema else None
         with torch.inference_mode():
             out = self.model.generate(
-                **inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                pad_token_id=self._pad_id,
+                **inputs, max_new_tokens=max_new_tokens, do_sample=False, logits_processor=processors,
+                eos_token_id=self.eos_ids, pad_token_id=self.pad_id,
             )
         return self.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+    def schema_processor(self, schema: dict):
+        """A logits processor for one ``generate`` call that keeps the answer within ``schema``."""
+        from pipeline.models.constrain import SchemaConstraint
+
+        if self._constraint is None:
+            width = self.model.get_output_embeddings().weight.shape[0]
+            self._constraint = SchemaConstraint(self.tokenizer, width, self.eos_ids)
+        return self._constraint.processor(schema)
+
+
+def gguf_file(path_or_id: str) -> tuple[str, str | None]:
+    """``(folder, file name)`` when ``path_or_id`` is a GGUF file or a folder whose model is one; else
+    ``(path_or_id, None)``."""
+    path = Path(path_or_id)
+    if path.is_file() and path.suffix == ".gguf":
+        return str(path.parent), path.name
+    if not path.is_dir() or (path / "config.json").exists():
+        return path_or_id, None
+    found = sorted(p.name for p in path.glob("*.gguf"))
+    if len(found) > 1:
+        raise ValueError(f"{path_or_id} holds {len(found)} .gguf files ({', '.join(found)}); name one of them")
+    return (str(path), found[0]) if found else (path_or_id, None)
 
 
 class OpenAiChatLlm:
@@ -67,25 +106,31 @@ class OpenAiChatLlm:
         self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
         self.context_tokens = context_tokens
         self.timeout = timeout
-        # JSON mode keeps answers parseable where the server offers it; servers that refuse the field are
-        # asked again without it, and not asked with it again.
-        self._json_mode = True
+        # The strictest answer format the server accepts: a JSON schema, else any JSON object, else plain
+        # text. What a server refused once is not asked of it again.
+        self._refused: set[str] = set()
 
     def count_tokens(self, text: str) -> int:
         # No tokenizer here: about four characters a token for English text, rounded up.
         return len(text) // 4 + 1
 
-    def complete(self, messages: list[dict], max_new_tokens: int) -> str:
+    def complete(self, messages: list[dict], max_new_tokens: int, schema: dict | None = None) -> str:
         body = {"model": self.name, "messages": messages, "max_tokens": max_new_tokens, "temperature": 0}
-        if self._json_mode:
+        formats = {"json_object": {"type": "json_object"}}
+        if schema:
+            named = {"name": schema.get("title", "answer"), "schema": schema, "strict": True}
+            formats = {"json_schema": {"type": "json_schema", "json_schema": named}} | formats
+        for kind, response_format in formats.items():
+            if kind in self._refused:
+                continue
             try:
-                return self._post({**body, "response_format": {"type": "json_object"}})
+                return self._post({**body, "response_format": response_format})
             except urllib.error.HTTPError as exc:
                 detail = exc.read().decode(errors="replace")
-                if exc.code not in (400, 422) or "response_format" not in detail:
+                if exc.code not in (400, 422) or not ("response_format" in detail or kind in detail):
                     raise
-                log.warning("%s refused response_format (HTTP %s); asking without it", self.base_url, exc.code)
-                self._json_mode = False
+                log.warning("%s refused response_format %s (HTTP %s); asking with less", self.base_url, kind, exc.code)
+                self._refused.add(kind)
         return self._post(body)
 
     def _post(self, body: dict) -> str:

@@ -173,12 +173,12 @@ class WhisperAsr:
         audios = [np.asarray(a, dtype=np.float32) for a in audios]
         speech = [self.vad.regions(a) for a in audios]
         windows = [_Window(i, pieces) for i, a in enumerate(audios) for pieces in plan_windows(speech[i], a)]
-        languages, encoded = self._languages(audios, speech, windows)
+        languages, encoded = self._languages(audios, windows)
         segments: list[list[TranscriptSegment]] = [[] for _ in audios]
         # One decode per language (DecodingOptions holds one); in practice one stream of batches per call.
         for language in dict.fromkeys(lang for lang in languages if lang):
             todo = [w for w in windows if languages[w.audio] == language]
-            for w, segs in self._decode(audios, speech, todo, language, encoded):
+            for w, segs in self._decode(audios, todo, language, encoded):
                 segments[w.audio].extend(segs)
         transcripts = []
         for i, segs in enumerate(segments):
@@ -188,8 +188,7 @@ class WhisperAsr:
         return transcripts
 
     def _decode(
-        self, audios: list[np.ndarray], speech: list[list[tuple[int, int]]], windows: list[_Window], language: str,
-        encoded: dict[_Window, torch.Tensor],
+        self, audios: list[np.ndarray], windows: list[_Window], language: str, encoded: dict[_Window, torch.Tensor],
     ) -> list[tuple[_Window, list[TranscriptSegment]]]:
         """The timed sentences of every window, after retries and splits."""
         tokenizer = self._tokenizer(language)
@@ -263,7 +262,7 @@ class WhisperAsr:
         return mel.half() if self.device.startswith("cuda") else mel
 
     def _languages(
-        self, audios: list[np.ndarray], speech: list[list[tuple[int, int]]], windows: list[_Window],
+        self, audios: list[np.ndarray], windows: list[_Window],
     ) -> tuple[list[str | None], dict[_Window, torch.Tensor]]:
         """One language per audio (None without speech), detected on the window holding the most speech, and
         the encoder output of those windows, which their decode reuses."""

@@ -19,11 +19,13 @@ pytestmark = pytest.mark.usefixtures("airflow_db", "ray_session")
 
 @pytest.fixture(scope="module")
 def samples(tmp_path_factory):
+    from pipeline.media.speech import lay_out, write_talk
     from pipeline.media.synth import make_video
 
     folder = tmp_path_factory.mktemp("samples")
     videos = [folder / "scenes.mp4", folder / "still.mkv"]
-    make_video(videos[0], [("red", 1.0), ("blue", 1.0)], tone_hz=440.0)
+    speech, _ = lay_out([(0.3, "Hello from the archive.")], 2.0)
+    write_talk(videos[0], speech, [("red", 1.0), ("blue", 1.0)])
     make_video(videos[1], [("lime", 1.5)])
     broken = folder / "broken.mp4"
     broken.write_bytes(b"this is not a video\n" * 64)

@@ -8,9 +8,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from pipeline.config import ModelSpec
-from pipeline.models.llm import LocalChatLlm, OpenAiChatLlm, load_llm
+from pipeline.models.llm import LocalChatLlm, OpenAiChatLlm, gguf_file, load_llm
+from pipeline.summarize import answer_schema
 
 MESSAGES = [{"role": "system", "content": "Answer in JSON."}, {"role": "user", "content": "Say hi."}]
+SCHEMA = answer_schema(30.0, 256)
 
 
 def test_local_llm_generates_from_its_chat_template(tiny_path):
@@ -22,20 +24,54 @@ def test_local_llm_generates_from_its_chat_template(tiny_path):
     assert 0 < llm.count_tokens("a photo of a cat") < len("a photo of a cat")
 
 
+def test_local_llm_decodes_under_a_schema(tiny_path):
+    llm = LocalChatLlm(tiny_path("llm"))
+    answer = llm.complete(MESSAGES, max_new_tokens=256, schema=SCHEMA)
+    # Random weights, yet one compact JSON object of the schema's shape and bounds, and nothing after it.
+    value = json.loads(answer)
+    assert answer == json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    props = SCHEMA["properties"]
+    assert list(value) == ["title", "summary", "timeline"]
+    assert 1 <= len(value["title"]) <= props["title"]["maxLength"] and value["title"] == value["title"].strip()
+    assert 1 <= len(value["summary"]) <= props["summary"]["maxLength"]
+    assert len(value["timeline"]) <= props["timeline"]["maxItems"]
+    for item in value["timeline"]:
+        assert list(item) == ["timestamp_s", "text"] and isinstance(item["timestamp_s"], int)
+        assert 0 <= item["timestamp_s"] <= 30 and 1 <= len(item["text"]) <= 30
+    assert llm.complete(MESSAGES, max_new_tokens=256, schema=SCHEMA) == answer  # greedy, and a fresh parse state
+
+
+def test_gguf_refs_name_a_file_or_a_folder_of_one(tmp_path):
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "m.gguf").write_bytes(b"")
+    (tmp_path / "two").mkdir()
+    for name in ("a.gguf", "b.gguf"):
+        (tmp_path / "two" / name).write_bytes(b"")
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text("{}")
+    assert gguf_file(str(tmp_path / "one" / "m.gguf")) == (str(tmp_path / "one"), "m.gguf")
+    assert gguf_file(str(tmp_path / "one")) == (str(tmp_path / "one"), "m.gguf")
+    assert gguf_file(str(tmp_path / "hf")) == (str(tmp_path / "hf"), None)
+    assert gguf_file("Qwen/Qwen2.5-0.5B-Instruct") == ("Qwen/Qwen2.5-0.5B-Instruct", None)
+    with pytest.raises(ValueError, match="holds 2 .gguf files"):
+        gguf_file(str(tmp_path / "two"))
+
+
 class _ChatServer:
     """A chat-completions endpoint on 127.0.0.1 that records requests and answers from a script."""
 
     def __init__(self):
         self.requests: list[dict] = []
-        self.refuse_json_mode = False
+        self.refused: set[str] = set()  # response_format types answered with HTTP 400
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 server.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
-                if server.refuse_json_mode and "response_format" in body:
-                    self._send(400, {"error": {"message": "response_format is not supported"}})
+                kind = body.get("response_format", {}).get("type")
+                if kind in server.refused:
+                    self._send(400, {"error": {"message": f"response_format type {kind} is not supported"}})
                 elif body["model"] == "broken":
                     self._send(200, {"choices": []})
                 else:
@@ -79,18 +115,38 @@ def test_openai_client_posts_chat_completions(chat_server):
     assert request["path"] == "/v1/chat/completions" and request["auth"] == "Bearer sk-test"
     assert request["body"]["model"] == "served-model" and request["body"]["messages"] == MESSAGES
     assert request["body"]["max_tokens"] == 16 and request["body"]["temperature"] == 0
-    assert request["body"]["response_format"] == {"type": "json_object"}
+    assert request["body"]["response_format"] == {"type": "json_object"}  # no schema: any JSON object
     assert llm.count_tokens("x" * 40) == 11 and llm.context_tokens == 2048
 
 
-def test_openai_client_drops_json_mode_where_refused(chat_server, monkeypatch):
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    chat_server.refuse_json_mode = True
+def test_openai_client_asks_for_the_schema(chat_server):
     llm = OpenAiChatLlm(chat_server.url, "served-model", timeout=5)
+    assert json.loads(llm.complete(MESSAGES, 16, schema=SCHEMA)) == {"echo": "Say hi."}
+    (request,) = chat_server.requests
+    assert request["body"]["response_format"] == {
+        "type": "json_schema", "json_schema": {"name": "video_summary", "schema": SCHEMA, "strict": True}}
+
+
+def _formats(server) -> list[str | None]:
+    return [r["body"].get("response_format", {}).get("type") for r in server.requests]
+
+
+def test_openai_client_falls_back_to_json_mode_where_schemas_are_refused(chat_server):
+    chat_server.refused = {"json_schema"}
+    llm = OpenAiChatLlm(chat_server.url, "served-model", timeout=5)
+    assert json.loads(llm.complete(MESSAGES, 8, schema=SCHEMA)) == {"echo": "Say hi."}
+    llm.complete(MESSAGES, 8, schema=SCHEMA)
+    assert _formats(chat_server) == ["json_schema", "json_object", "json_object"]  # refused once, not asked again
+
+
+def test_openai_client_drops_response_format_where_all_are_refused(chat_server, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    chat_server.refused = {"json_schema", "json_object"}
+    llm = OpenAiChatLlm(chat_server.url, "served-model", timeout=5)
+    llm.complete(MESSAGES, 8, schema=SCHEMA)
+    llm.complete(MESSAGES, 8, schema=SCHEMA)
     llm.complete(MESSAGES, 8)
-    llm.complete(MESSAGES, 8)
-    with_format = ["response_format" in r["body"] for r in chat_server.requests]
-    assert with_format == [True, False, False]  # refused once, then never asked again
+    assert _formats(chat_server) == ["json_schema", "json_object", None, None, None]
     assert chat_server.requests[0]["auth"] is None
 
 
