@@ -33,8 +33,9 @@ def print_digest(console: Console, output_uri: str, storage_options=None) -> Non
         s = summaries.get(v["video_id"])
         if s is None:
             console.print("    summary: (missing)", markup=False)
-        elif s["status"] == "ok":
-            console.print(f"    summary: {printable(s['title'])} — {printable(s['summary'])}", markup=False, highlight=False)
+        elif s["status"] in ("ok", "partial"):
+            label = "summary" if s["status"] == "ok" else "summary (partial: the answer was cut off)"
+            console.print(f"    {label}: {printable(s['title'])} — {printable(s['summary'])}", markup=False, highlight=False)
         else:
             raw = printable(s["raw"])[:120]
             console.print(f"    summary ({s['status']}, raw model output): {raw}", markup=False, highlight=False)

@@ -61,6 +61,8 @@ def summary_line(d: VideoDigest) -> str:
         return "(no summary)"
     if s["status"] == "ok":
         return f"{s['title'] or '(untitled)'} — {s['summary'] or ''}"
+    if s["status"] == "partial":  # the answer was cut off; what it said before that is kept
+        return f"(partial) {s['title'] or '(untitled)'} — {s['summary'] or ''}"
     return f"({s['status']}, raw model output) {' '.join((s['raw'] or '').split())[:200]}"
 
 
