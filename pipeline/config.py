@@ -98,7 +98,7 @@ def _tiny_models() -> Models:
         asr=ModelSpec("tiny:whisper", batch_size=8, max_new_tokens=24, options={"temperatures": [0.0]}),
         captioner=ModelSpec("tiny:blip2", batch_size=8, max_new_tokens=12),
         embedder=ModelSpec("tiny:clip", batch_size=16),
-        summarizer=ModelSpec("tiny:llm", batch_size=1, max_new_tokens=128, options={"context_tokens": 1024}),
+        summarizer=ModelSpec("tiny:llm", batch_size=4, max_new_tokens=128, options={"context_tokens": 1024}),
     )
 
 
@@ -108,7 +108,7 @@ def _cpu_models() -> Models:
         captioner=ModelSpec("Salesforce/blip2-opt-2.7b", batch_size=2, max_new_tokens=30),
         embedder=ModelSpec("openai/clip-vit-base-patch32", batch_size=16),
         summarizer=ModelSpec(
-            "Qwen/Qwen2.5-0.5B-Instruct", batch_size=1, max_new_tokens=1536, options={"context_tokens": 8192}
+            "Qwen/Qwen2.5-0.5B-Instruct", batch_size=4, max_new_tokens=1536, options={"context_tokens": 8192}
         ),
     )
 
@@ -119,7 +119,7 @@ def _gpu_models() -> Models:
         captioner=ModelSpec("Salesforce/blip2-opt-2.7b", batch_size=32, max_new_tokens=30),
         embedder=ModelSpec("openai/clip-vit-large-patch14", batch_size=128),
         summarizer=ModelSpec(
-            "Qwen/Qwen2.5-7B-Instruct", batch_size=1, max_new_tokens=2048, options={"context_tokens": 32768}
+            "Qwen/Qwen2.5-7B-Instruct", batch_size=16, max_new_tokens=2048, options={"context_tokens": 32768}
         ),
     )
 

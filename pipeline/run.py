@@ -58,7 +58,8 @@ def build_stages(config: RunConfig) -> tuple[MediaDecoder, list]:
         WhisperTranscriber(spec=m.asr, resources=res(0.25, 0.3), batch_size=max(1, m.asr.batch_size // 2), **common),
         Blip2Captioner(spec=m.captioner, resources=res(0.25, 0.3), batch_size=4, **common),
         ClipEmbedder(spec=m.embedder, resources=res(0.25, 0.1), batch_size=8, **common),
-        LlmSummarizer(spec=m.summarizer, resources=res(0.25, 0.3), batch_size=1, **common),
+        # Many videos a call: their prompts are generated as batches, or sent to a server side by side.
+        LlmSummarizer(spec=m.summarizer, resources=res(0.25, 0.3), batch_size=16, **common),
     ]
     decoder = MediaDecoder(keyframes=config.keyframes, storage_options=dict(config.storage_options))
     return decoder, stages

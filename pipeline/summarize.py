@@ -17,7 +17,7 @@ import math
 import re
 from dataclasses import dataclass
 from difflib import SequenceMatcher
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Generator
 
 if TYPE_CHECKING:  # the protocol only: importing the module would import torch
     from pipeline.models.llm import ChatLlm
@@ -67,6 +67,51 @@ class SummaryResult:
     chunks: int  # timeline chunks summarised separately (1: the whole timeline in one prompt)
 
 
+@dataclass(frozen=True)
+class VideoText:
+    """What a video's summary is made from."""
+
+    duration_s: float
+    captions: list[tuple[float, str]]  # (timestamp_s, caption)
+    segments: list[tuple[float, float, str]]  # (start_s, end_s, text)
+
+
+# One question to the model: (messages, max_new_tokens, schema).
+Request = tuple[list[dict], int, dict]
+
+
+def summarize_videos(llm: ChatLlm, videos: list[VideoText], max_new_tokens: int) -> list[SummaryResult]:
+    """Summaries of ``videos``, asked together: every round's questions of every video go to the model in
+    one ``complete_many`` call (a batched generate locally, many requests in flight to a server).
+
+    A video whose summary cannot be made (its prompt does not fit, the endpoint fails) gets an ``error``
+    result saying why; the others are not held up.
+    """
+    steps = [_steps(llm, v, max_new_tokens) for v in videos]
+    results: list[SummaryResult | None] = [None] * len(videos)
+    asked: dict[int, list[Request]] = {}
+
+    def advance(i: int, answers: list[str] | None) -> None:
+        try:
+            asked[i] = steps[i].send(answers)
+        except StopIteration as done:
+            results[i] = done.value
+        except Exception as exc:  # an endpoint down, a model crash: the row stays, saying why
+            log.warning("summary failed: %s", exc)
+            results[i] = SummaryResult(None, None, [], "error", f"{exc.__class__.__name__}: {exc}", 0)
+
+    for i in range(len(videos)):
+        advance(i, None)
+    while asked:
+        order = [(i, n) for i, requests in asked.items() for n in range(len(requests))]
+        replies = iter(llm.complete_many([asked[i][n] for i, n in order]))
+        answered = {i: [next(replies) for _ in asked[i]] for i in list(asked)}
+        asked.clear()
+        for i, answers in answered.items():
+            advance(i, answers)
+    return results  # type: ignore[return-value]
+
+
 def summarize_video(
     llm: ChatLlm,
     *,
@@ -75,7 +120,22 @@ def summarize_video(
     segments: list[tuple[float, float, str]],
     max_new_tokens: int,
 ) -> SummaryResult:
-    lines = timeline_lines(captions, segments)
+    """One video's summary; raises what ``summarize_videos`` would record as an ``error`` result."""
+    step = _steps(llm, VideoText(duration_s, captions, segments), max_new_tokens)
+    answers = None
+    while True:
+        try:
+            requests = step.send(answers)
+        except StopIteration as done:
+            return done.value
+        answers = [llm.complete(messages, tokens, schema=schema) for messages, tokens, schema in requests]
+
+
+def _steps(llm: ChatLlm, video: VideoText, max_new_tokens: int) -> Generator[list[Request], list, SummaryResult]:
+    """The conversation for one video: yields each round's requests, receives their answers (a string, or the
+    exception its request raised), returns the result."""
+    duration_s = video.duration_s
+    lines = timeline_lines(video.captions, video.segments)
     if not lines:
         return SummaryResult(None, None, [], "error", "summarize: no captions and no transcript to summarise", 0)
     text = "".join(line for _, line in lines)
@@ -91,13 +151,36 @@ def summarize_video(
             f"after {max_new_tokens} new tokens and a {header}-token prompt"
         )
     chunks = _pack(lines, budget - header, llm.count_tokens)
-    answers = []
-    for i, chunk in enumerate(chunks, 1):
-        part = f" Part {i} of {len(chunks)}." if len(chunks) > 1 else ""
-        answers.append(_ask(llm, SYSTEM, intro + part + _sections(chunk), max_new_tokens, schema, duration_s))
+    raws = yield [
+        _request(SYSTEM, intro + (f" Part {i} of {len(chunks)}." if len(chunks) > 1 else "") + _sections(chunk),
+                 max_new_tokens, schema)
+        for i, chunk in enumerate(chunks, 1)
+    ]
+    answers = [_answer(raw, duration_s) for raw in raws]
     if len(chunks) > 1:
         log.info("summarised %d chunks; merging", len(chunks))
-    return _merge(llm, answers, budget, max_new_tokens, schema, duration_s, intro, len(chunks))
+    # One result from the chunk answers: merged by the model, in rounds until one answer is left.
+    while True:
+        usable = [a for a in answers if a.parsed]
+        if len(usable) < len(answers):
+            log.info("%d of %d answers held nothing usable", len(answers) - len(usable), len(answers))
+        if not usable:
+            return SummaryResult(None, None, [], "invalid_json", "\n---\n".join(a.raw for a in answers), len(chunks))
+        if len(usable) == 1:
+            (answer,) = usable
+            title, summary, timeline = answer.parsed
+            if answer.complete:
+                return SummaryResult(title, summary, timeline, "ok", None, len(chunks))
+            return SummaryResult(title, summary, timeline, "partial", answer.raw, len(chunks))
+        header = llm.count_tokens(MERGE) + llm.count_tokens(intro + " Part summaries:\n")
+        # Parts are cut to half the room at most, so every merge prompt takes two or more and rounds end.
+        parts = [("part", _part_text(a.parsed, (budget - header) // 2, llm.count_tokens)) for a in usable]
+        groups = _pack(parts, budget - header, llm.count_tokens)
+        raws = yield [
+            _request(MERGE, f"{intro} Part summaries:\n" + "\n".join(p for _, p in group), max_new_tokens, schema)
+            for group in groups
+        ]
+        answers = [_answer(raw, duration_s) for raw in raws]
 
 
 def timeline_lines(
@@ -228,9 +311,13 @@ class _Answer:
     complete: bool  # parsed is the whole answer, of the asked shape
 
 
-def _ask(llm: ChatLlm, system: str, user: str, max_new_tokens: int, schema: dict, duration_s: float) -> _Answer:
-    messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
-    raw = llm.complete(messages, max_new_tokens, schema=schema)
+def _request(system: str, user: str, max_new_tokens: int, schema: dict) -> Request:
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}], max_new_tokens, schema
+
+
+def _answer(raw: str | Exception, duration_s: float) -> _Answer:
+    if isinstance(raw, Exception):  # its request failed: the video's summary fails with it
+        raise raw
     whole = _fields(extract_json(raw), duration_s)
     if whole and whole[3]:
         return _Answer(raw, whole[:3], True)
@@ -266,34 +353,6 @@ def _fields(value: Any, duration_s: float) -> tuple[str | None, str | None, list
 
 def _text(value: Any) -> str | None:
     return (value.strip() or None) if isinstance(value, str) else None
-
-
-def _merge(
-    llm: ChatLlm, answers: list[_Answer], budget: int, max_new_tokens: int, schema: dict, duration_s: float,
-    intro: str, chunks: int,
-) -> SummaryResult:
-    """One result from the chunk answers: merged by the model, in rounds until one answer is left."""
-    while True:
-        usable = [a for a in answers if a.parsed]
-        if len(usable) < len(answers):
-            log.info("%d of %d answers held nothing usable", len(answers) - len(usable), len(answers))
-        if not usable:
-            return SummaryResult(None, None, [], "invalid_json", "\n---\n".join(a.raw for a in answers), chunks)
-        if len(usable) == 1:
-            (answer,) = usable
-            title, summary, timeline = answer.parsed
-            if answer.complete:
-                return SummaryResult(title, summary, timeline, "ok", None, chunks)
-            return SummaryResult(title, summary, timeline, "partial", answer.raw, chunks)
-        header = llm.count_tokens(MERGE) + llm.count_tokens(intro + " Part summaries:\n")
-        # Parts are cut to half the room at most, so every merge prompt takes two or more and rounds end.
-        parts = [("part", _part_text(a.parsed, (budget - header) // 2, llm.count_tokens)) for a in usable]
-        groups = _pack(parts, budget - header, llm.count_tokens)
-        answers = [
-            _ask(llm, MERGE, f"{intro} Part summaries:\n" + "\n".join(p for _, p in group), max_new_tokens, schema,
-                 duration_s)
-            for group in groups
-        ]
 
 
 def _sections(chunk: list[tuple[str, str]]) -> str:

@@ -31,8 +31,12 @@ class SchemaConstraint:
         self.tokenizer = llguidance.hf.from_tokenizer(tokenizer, n_vocab=self.vocab_size, eos_token=eos_token_ids)
         self._grammars: dict[str, str] = {}
 
-    def processor(self, schema: dict) -> JsonSchemaProcessor:
-        """A fresh processor for one ``generate`` call (it keeps the parse state of each row)."""
+    def processor(self, schemas: list[dict]) -> JsonSchemaProcessor:
+        """A fresh processor for one ``generate`` call (it keeps the parse state of each row), row ``i``
+        decoding under ``schemas[i]``."""
+        return JsonSchemaProcessor(self.tokenizer, [self._grammar(schema) for schema in schemas], self.vocab_size)
+
+    def _grammar(self, schema: dict) -> str:
         key = json.dumps(schema, sort_keys=True)
         if key not in self._grammars:
             grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, overrides=_COMPACT)
@@ -40,22 +44,24 @@ class SchemaConstraint:
             if is_error:
                 raise ValueError(f"JSON schema not usable for constrained decoding: {messages[0]}")
             self._grammars[key] = grammar
-        return JsonSchemaProcessor(self.tokenizer, self._grammars[key], self.vocab_size)
+        return self._grammars[key]
 
 
 class JsonSchemaProcessor(LogitsProcessor):
     """Masks each row's logits to what its grammar allows next; one ``generate`` call only."""
 
-    def __init__(self, tokenizer: llguidance.LLTokenizer, grammar: str, vocab_size: int):
+    def __init__(self, tokenizer: llguidance.LLTokenizer, grammars: list[str], vocab_size: int):
         self.tokenizer = tokenizer
-        self.grammar = grammar
+        self.grammars = grammars
         self.vocab_size = vocab_size
         self.matchers: list[llguidance.LLMatcher] = []
         self.ended: list[bool] = []  # rows that sampled an end of sequence: generate pads them from then on
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if not self.matchers:  # the first step: nothing generated yet
-            self.matchers = [llguidance.LLMatcher(self.tokenizer, self.grammar, log_level=0) for _ in input_ids]
+            if len(self.grammars) != len(input_ids):
+                raise ValueError(f"{len(self.grammars)} grammars for a batch of {len(input_ids)} rows")
+            self.matchers = [llguidance.LLMatcher(self.tokenizer, g, log_level=0) for g in self.grammars]
             self.ended = [False] * len(self.matchers)
         else:  # the token each row sampled after the previous call
             for row, token in enumerate(input_ids[:, -1].tolist()):

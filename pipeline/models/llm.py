@@ -26,6 +26,11 @@ class ChatLlm(Protocol):
 
     def complete(self, messages: list[dict], max_new_tokens: int, schema: dict | None = None) -> str: ...
 
+    def complete_many(self, requests: list[tuple[list[dict], int, dict | None]]) -> list[str | Exception]:
+        """Answers to ``(messages, max_new_tokens, schema)`` requests, in order; a request that failed gets its
+        exception instead, without failing the others."""
+        ...
+
     def count_tokens(self, text: str) -> int: ...
 
 
@@ -36,11 +41,15 @@ class LocalChatLlm:
     which transformers dequantizes; a GGUF's own chat template comes with its tokenizer.
     """
 
-    def __init__(self, path_or_id: str, device: str = "cpu", context_tokens: int = 4096, revision: str | None = None):
+    def __init__(
+        self, path_or_id: str, device: str = "cpu", context_tokens: int = 4096, revision: str | None = None,
+        batch_size: int = 8,
+    ):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.name = path_or_id
         self.device = device
+        self.batch_size = batch_size
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
         source, gguf = gguf_file(path_or_id)
         where = {"gguf_file": gguf} if gguf else {"revision": revision}
@@ -60,25 +69,54 @@ class LocalChatLlm:
         return len(self.tokenizer.encode(text, add_special_tokens=False))
 
     def complete(self, messages: list[dict], max_new_tokens: int, schema: dict | None = None) -> str:
-        inputs = self.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True,
-        ).to(self.device)
-        processors = [self.schema_processor(schema)] if schema else None
+        (answer,) = self._generate([(messages, max_new_tokens, schema)])
+        return answer
+
+    def complete_many(self, requests: list[tuple[list[dict], int, dict | None]]) -> list[str | Exception]:
+        """Answers generated ``batch_size`` requests at a time (left-padded, one ``generate`` per batch)."""
+        answers: list[str | Exception] = []
+        for start in range(0, len(requests), self.batch_size):
+            batch = requests[start:start + self.batch_size]
+            try:
+                answers += self._generate(batch)
+            except Exception as exc:  # a batch that breaks is asked one by one: only the bad request fails
+                if len(batch) == 1:
+                    answers.append(exc)
+                else:
+                    answers += [self.complete_many([request])[0] for request in batch]
+        return answers
+
+    def _generate(self, requests: list[tuple[list[dict], int, dict | None]]) -> list[str]:
+        prompts = [
+            self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"]
+            for messages, _, _ in requests
+        ]
+        width = max(len(p) for p in prompts)
+        # Left padding: every row's answer then starts at the same position, where generate appends.
+        input_ids = torch.tensor([[self.pad_id] * (width - len(p)) + p for p in prompts], device=self.device)
+        attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
+        schemas = [schema for _, _, schema in requests]
+        if any(schemas) and not all(schemas):
+            raise ValueError("a batch must have a schema for every request or for none")
+        processors = [self.schema_processor(schemas)] if schemas[0] else None
         with torch.inference_mode():
             out = self.model.generate(
-                **inputs, max_new_tokens=max_new_tokens, do_sample=False, logits_processor=processors,
-                eos_token_id=self.eos_ids, pad_token_id=self.pad_id,
+                input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max(r[1] for r in requests),
+                do_sample=False, logits_processor=processors, eos_token_id=self.eos_ids, pad_token_id=self.pad_id,
             )
-        return self.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        return [
+            self.tokenizer.decode(row[width:width + tokens], skip_special_tokens=True)
+            for row, (_, tokens, _) in zip(out, requests)
+        ]
 
-    def schema_processor(self, schema: dict):
-        """A logits processor for one ``generate`` call that keeps the answer within ``schema``."""
+    def schema_processor(self, schemas: list[dict]):
+        """A logits processor for one ``generate`` call that keeps row ``i``'s answer within ``schemas[i]``."""
         from pipeline.models.constrain import SchemaConstraint
 
         if self._constraint is None:
             width = self.model.get_output_embeddings().weight.shape[0]
             self._constraint = SchemaConstraint(self.tokenizer, width, self.eos_ids)
-        return self._constraint.processor(schema)
+        return self._constraint.processor(schemas)
 
 
 def gguf_file(path_or_id: str) -> tuple[str, str | None]:
@@ -100,9 +138,13 @@ class OpenAiChatLlm:
 
     def __init__(
         self, base_url: str, model: str, api_key: str | None = None, context_tokens: int = 8192, timeout: float = 120,
+        concurrency: int = 8,
     ):
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         self.base_url = base_url.rstrip("/")
         self.name = model
+        self.concurrency = concurrency
         self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
         self.context_tokens = context_tokens
         self.timeout = timeout
@@ -133,6 +175,21 @@ class OpenAiChatLlm:
                 self._refused.add(kind)
         return self._post(body)
 
+    def complete_many(self, requests: list[tuple[list[dict], int, dict | None]]) -> list[str | Exception]:
+        """Answers with up to ``concurrency`` requests in flight: a server such as vLLM batches what it has
+        at once, so one request at a time would leave it nearly idle."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        def ask(request: tuple[list[dict], int, dict | None]) -> str | Exception:
+            messages, max_new_tokens, schema = request
+            try:
+                return self.complete(messages, max_new_tokens, schema=schema)
+            except Exception as exc:
+                return exc
+
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, max(1, len(requests)))) as pool:
+            return list(pool.map(ask, requests))
+
     def _post(self, body: dict) -> str:
         headers = {"Content-Type": "application/json"}
         if self.api_key:
@@ -152,5 +209,11 @@ def load_llm(spec: ModelSpec, path_or_id: str, device: str) -> ChatLlm:
     """The summarizer for ``spec``: its endpoint when it names one, else the local model at ``path_or_id``."""
     context = spec.options.get("context_tokens")
     if spec.endpoint:
-        return OpenAiChatLlm(spec.endpoint, spec.ref, context_tokens=int(context or 8192))
-    return LocalChatLlm(path_or_id, device=device, context_tokens=int(context or 4096), revision=spec.revision)
+        return OpenAiChatLlm(
+            spec.endpoint, spec.ref, context_tokens=int(context or 8192),
+            concurrency=int(spec.options.get("concurrency", 8)),
+        )
+    return LocalChatLlm(
+        path_or_id, device=device, context_tokens=int(context or 4096), revision=spec.revision,
+        batch_size=spec.batch_size,
+    )

@@ -134,21 +134,18 @@ class LlmSummarizer(ModelStage):
         return load_llm(self.spec, path, device)
 
     def process(self, tasks: list[VideoTask]) -> None:
-        from pipeline.summarize import SummaryResult, summarize_video
+        from pipeline.summarize import VideoText, summarize_videos
 
-        for task in tasks:
-            try:
-                task.summary = summarize_video(
-                    self.model,
-                    duration_s=task.probe.duration_s,
-                    captions=[(f.timestamp_s, f.caption or "") for f in task.frames if f.caption],
-                    segments=[(s.start_s, s.end_s, s.text) for s in task.segments],
-                    max_new_tokens=self.spec.max_new_tokens,
-                )
-            except Exception as exc:  # an endpoint down or a model crash: the row stays, saying why
-                log.warning("summary failed for %s: %s", task.uri, exc)
-                task.summary = SummaryResult(
-                    title=None, summary=None, timeline=[], status="error", raw=f"{exc.__class__.__name__}: {exc}",
-                    chunks=0,
-                )
+        # All the tasks' summaries at once: batched generation locally, many requests in flight to a server.
+        videos = [
+            VideoText(
+                t.probe.duration_s, [(f.timestamp_s, f.caption or "") for f in t.frames if f.caption],
+                [(s.start_s, s.end_s, s.text) for s in t.segments],
+            )
+            for t in tasks
+        ]
+        for task, summary in zip(tasks, summarize_videos(self.model, videos, self.spec.max_new_tokens)):
+            if summary.status == "error":
+                log.warning("summary failed for %s: %s", task.uri, summary.raw)
+            task.summary = summary
             task.models["summarizer"] = self.model_name

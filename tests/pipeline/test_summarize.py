@@ -10,7 +10,8 @@ import json
 import pytest
 
 from pipeline.summarize import (
-    SummaryResult, answer_schema, extract_json, recover_json, summarize_video, timeline_lines, validate,
+    SummaryResult, VideoText, answer_schema, extract_json, recover_json, summarize_video, summarize_videos,
+    timeline_lines, validate,
 )
 
 CAPTIONS = [(0.0, "a title card"), (12.5, "a man in a kitchen"), (65.0, "a plate of pasta")]
@@ -28,6 +29,7 @@ class ScriptedLlm:
         self.answers = answers
         self.context_tokens = context_tokens
         self.prompts: list[list[dict]] = []
+        self.calls: list[int] = []  # requests per complete_many call
         self.schemas: list[dict | None] = []
 
     def count_tokens(self, text: str) -> int:
@@ -39,6 +41,17 @@ class ScriptedLlm:
         if callable(self.answers):
             return self.answers(messages)
         return self.answers[len(self.prompts) - 1]
+
+
+    def complete_many(self, requests):
+        self.calls.append(len(requests))
+        answers = []
+        for messages, max_new_tokens, schema in requests:
+            try:
+                answers.append(self.complete(messages, max_new_tokens, schema=schema))
+            except Exception as exc:
+                answers.append(exc)
+        return answers
 
 
 def _summarize(llm, **kw) -> SummaryResult:
@@ -296,3 +309,28 @@ def test_tiny_llm_answers_nonsense_in_valid_json(model_cache):
     assert result.status == "ok" and result.raw is None and result.chunks == 1
     assert result.title and result.summary
     assert all(0 <= item["timestamp_s"] <= 70 and item["text"] for item in result.timeline)
+
+
+def test_many_videos_are_asked_together_round_by_round():
+    def answer(messages):
+        if "boom" in messages[-1]["content"]:
+            raise ConnectionError("endpoint went away")
+        return _chunk_then_merge(messages) if "] line " in messages[-1]["content"] or "Part summaries" in \
+            messages[-1]["content"] else json.dumps(GOOD)
+
+    llm = ScriptedLlm(answer, context_tokens=400)  # the long video needs chunks and a merge round
+    long_segments = [(float(i), i + 1.0, f"line {i} " + "word " * 20) for i in range(60)]
+    videos = [
+        VideoText(70.0, CAPTIONS, SEGMENTS),
+        VideoText(70.0, [], long_segments),
+        VideoText(70.0, [], [(1.0, 2.0, "boom")]),
+        VideoText(70.0, [], []),
+    ]
+    results = summarize_videos(llm, videos, max_new_tokens=64)
+    assert results[0].status == "ok" and results[0].chunks == 1 and results[0].title == "Cooking pasta"
+    assert results[1].status == "ok" and results[1].chunks > 1 and results[1].title == "merged"
+    assert results[2].status == "error" and results[2].raw == "ConnectionError: endpoint went away"
+    assert results[3].status == "error" and "no transcript to summarise" in results[3].raw
+    # Round one asks every video's first questions in one call; later rounds only the long video's merges.
+    assert llm.calls[0] == 1 + results[1].chunks + 1 and len(llm.calls) >= 2
+    assert sum(llm.calls) == len(llm.prompts)

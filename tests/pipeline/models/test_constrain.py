@@ -43,7 +43,7 @@ def tiny_llm(model_cache) -> LocalChatLlm:
 @pytest.mark.parametrize(("duration_s", "max_new_tokens"), [(9.0, 64), (70.0, 128), (3600.0, 256)])
 def test_the_longest_answer_still_closes_within_the_budget(tiny_llm, duration_s, max_new_tokens):
     schema = answer_schema(duration_s, max_new_tokens)
-    constrained = tiny_llm.schema_processor(schema)
+    constrained = tiny_llm.schema_processor([schema])
     width = tiny_llm.model.get_output_embeddings().weight.shape[0]
     inputs = tiny_llm.tokenizer.apply_chat_template(
         MESSAGES, add_generation_prompt=True, return_tensors="pt", return_dict=True,
@@ -68,4 +68,4 @@ def test_the_longest_answer_still_closes_within_the_budget(tiny_llm, duration_s,
 
 def test_a_schema_the_grammar_compiler_refuses_is_an_error(tiny_llm):
     with pytest.raises(ValueError, match="not usable for constrained decoding"):
-        tiny_llm.schema_processor({"type": "string", "pattern": "(?=lookahead)"})
+        tiny_llm.schema_processor([{"type": "string", "pattern": "(?=lookahead)"}])

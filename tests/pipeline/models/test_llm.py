@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from pipeline.config import ModelSpec
 from pipeline.models.llm import LocalChatLlm, OpenAiChatLlm, gguf_file, load_llm
-from pipeline.summarize import answer_schema
+from pipeline.summarize import VideoText, answer_schema, summarize_videos
 
 MESSAGES = [{"role": "system", "content": "Answer in JSON."}, {"role": "user", "content": "Say hi."}]
 SCHEMA = answer_schema(30.0, 256)
@@ -63,19 +64,29 @@ class _ChatServer:
     def __init__(self):
         self.requests: list[dict] = []
         self.refused: set[str] = set()  # response_format types answered with HTTP 400
+        self.delay = 0.0  # seconds before each answer, as a busy server takes
+        self.content: str | None = None  # the answer to give; else the last message, echoed
+        self.in_flight = self.max_in_flight = 0
+        lock = threading.Lock()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 server.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
+                with lock:
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                time.sleep(server.delay)
+                with lock:
+                    server.in_flight -= 1
                 kind = body.get("response_format", {}).get("type")
                 if kind in server.refused:
                     self._send(400, {"error": {"message": f"response_format type {kind} is not supported"}})
                 elif body["model"] == "broken":
                     self._send(200, {"choices": []})
                 else:
-                    content = json.dumps({"echo": body["messages"][-1]["content"]})
+                    content = server.content or json.dumps({"echo": body["messages"][-1]["content"]})
                     self._send(200, {"choices": [{"message": {"role": "assistant", "content": content}}]})
 
             def _send(self, status, payload):
@@ -162,3 +173,32 @@ def test_load_llm_picks_endpoint_or_local(tiny_path, monkeypatch):
     assert isinstance(served, OpenAiChatLlm) and served.context_tokens == 3000 and served.api_key == "from-env"
     local = load_llm(ModelSpec("tiny:llm", options={"context_tokens": 512}), tiny_path("llm"), "cpu")
     assert isinstance(local, LocalChatLlm) and local.context_tokens == 512
+
+
+def test_endpoint_summaries_keep_requests_in_flight(chat_server):
+    # A server that takes 1 s an answer: 16 videos with 8 requests in flight take two waves, not 16 s.
+    chat_server.delay = 1.0
+    chat_server.content = json.dumps({"title": "t", "summary": "s", "timeline": [{"timestamp_s": 2, "text": "x"}]})
+    llm = OpenAiChatLlm(chat_server.url, "served-model", timeout=5)
+    videos = [VideoText(30.0, [], [(1.0, 3.0, f"video {i} says hello")]) for i in range(16)]
+    results = summarize_videos(llm, videos, max_new_tokens=256)
+    assert [r.status for r in results] == ["ok"] * 16 and len(chat_server.requests) == 16
+    assert chat_server.max_in_flight == 8 == llm.concurrency
+    said = [r["body"]["messages"][-1]["content"] for r in chat_server.requests]
+    assert sorted(f"video {i} says" in " ".join(said) for i in range(16)) == [True] * 16
+
+
+def test_local_llm_generates_batches_left_padded(tiny_path, monkeypatch):
+    llm = LocalChatLlm(tiny_path("llm"), batch_size=2)
+    calls = []
+    real = llm.model.generate
+    monkeypatch.setattr(llm.model, "generate", lambda **kw: calls.append(kw["input_ids"].shape) or real(**kw))
+    requests = [([{"role": "user", "content": "Say hi" + "!" * i}], 96, SCHEMA) for i in range(3)]
+    answers = llm.complete_many(requests)
+    lengths = [len(llm.tokenizer.apply_chat_template(m, add_generation_prompt=True, return_dict=True)["input_ids"])
+               for m, _, _ in requests]
+    assert lengths[0] < lengths[1]  # rows of different lengths share one padded width
+    assert [tuple(shape) for shape in calls] == [(2, lengths[1]), (1, lengths[2])]
+    assert all(isinstance(json.loads(a), dict) for a in answers)
+    # Padding changes nothing: each answer is what the request gets alone.
+    assert answers == [llm.complete(m, n, schema=s) for m, n, s in requests]
