@@ -146,10 +146,9 @@ class RunConfig:
     storage_options: Mapping[str, Any] = field(default_factory=dict)
     cache_dir: str = field(default_factory=lambda: str(default_cache_dir()))
     partition: str | None = None  # e.g. "dt=2026-11-22": hive partition inside each table
-    include: tuple[str, ...] = ()  # explicit list of input URIs (set by list-and-shard / operators)
 
     def __post_init__(self) -> None:
-        if self.profile not in PROFILES and self.profile != "custom":
+        if self.profile not in PROFILES:
             raise ConfigError(f"unknown profile {self.profile!r}; choose one of: {', '.join(PROFILES)}")
         if self.shard_size < 1:
             raise ConfigError(f"shard_size must be >= 1, got {self.shard_size}")

@@ -63,7 +63,6 @@ def build_tables(
                     "caption": f.caption,
                     "caption_model": t.models.get("captioner"),
                     "embedding_model": t.models.get("embedder"),
-                    "error": None,
                     **prov,
                 }
             )

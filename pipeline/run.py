@@ -9,7 +9,7 @@ import datetime as dt
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable
 
 from pipeline.config import PIPELINE_VERSION, RunConfig
 from pipeline.discover import MediaItem, Shard, discover, plan_shards
@@ -65,14 +65,10 @@ def build_stages(config: RunConfig) -> tuple[MediaDecoder, list]:
     return decoder, stages
 
 
-def plan(config: RunConfig, items: Sequence[MediaItem] | None = None) -> tuple[Output, list[MediaItem], list[Shard], int]:
-    """Discover inputs (unless given) and decide which shards to run; cheap, touches no model."""
+def plan(config: RunConfig) -> tuple[Output, list[MediaItem], list[Shard], int]:
+    """Discover inputs and decide which shards to run; cheap, touches no model."""
     output = Output(config.output, config.storage_options, config.partition)
-    if items is None:
-        items = discover(config.input, config.storage_options)
-        if config.include:
-            wanted = set(config.include)
-            items = [i for i in items if i.uri in wanted]
+    items = discover(config.input, config.storage_options)
     shards, skipped = plan_shards(
         list(items), output.manifests(), config.fingerprint(), config.shard_size, force=config.force,
         retry_failed=config.retry_failed,
@@ -80,17 +76,13 @@ def plan(config: RunConfig, items: Sequence[MediaItem] | None = None) -> tuple[O
     return output, list(items), shards, skipped
 
 
-def run(
-    config: RunConfig,
-    items: Sequence[MediaItem] | None = None,
-    progress: Callable[[str, int, int], None] | None = None,
-) -> RunSummary:
+def run(config: RunConfig, progress: Callable[[str, int, int], None] | None = None) -> RunSummary:
     """Process every pending video of the config's input into the output tables.
 
     ``progress(description, done_videos, total_videos)`` is called as work advances.
     """
     started = time.perf_counter()
-    output, items, shards, skipped = plan(config, items)
+    output, items, shards, skipped = plan(config)
     output.check_writable()
     summary = RunSummary(discovered=len(items), skipped=skipped)
     todo = sum(len(s.items) for s in shards)
@@ -158,8 +150,9 @@ def _write(output: Output, config: RunConfig, shard: Shard, tasks: list[VideoTas
         "profile": config.profile,
         "models": names,
         # How to load each model again (search embeds queries with the very embedder of the keyframes).
+        # ``name`` is what the tables record (``embedding_model``...), which readers look the ref up by.
         "model_refs": {
-            role: {key: spec[key] for key in ("ref", "revision", "endpoint")}
+            role: {"name": names[role], **{key: spec[key] for key in ("ref", "revision", "endpoint")}}
             for role, spec in dataclasses.asdict(config.models).items()
         },
         "embedding_dim": dim,

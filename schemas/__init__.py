@@ -4,7 +4,7 @@ Column names here are the contract (see DESIGN.md): add columns freely, never re
 """
 import pyarrow as pa
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: keyframes lost the error column that nothing ever filled
 
 _PROVENANCE = [
     pa.field("pipeline_version", pa.string(), nullable=False),
@@ -56,7 +56,6 @@ def keyframes_schema(dim: int) -> pa.Schema:
             pa.field("embedding", embedding_type(dim)),
             pa.field("caption_model", pa.string()),
             pa.field("embedding_model", pa.string()),
-            pa.field("error", pa.string()),
             *_PROVENANCE,
         ],
         metadata={"reelscope.table": "keyframes", "reelscope.schema_version": SCHEMA_VERSION},
