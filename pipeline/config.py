@@ -35,9 +35,10 @@ class ModelSpec:
     ref: str
     revision: str | None = None
     endpoint: str | None = None
-    batch_size: int = 8
+    batch_size: int = 8  # the model's micro-batch
     max_new_tokens: int = 64
     options: Mapping[str, Any] = field(default_factory=dict)
+    stage_batch_size: int | None = None  # videos per stage call; None: what the stage declares
 
     def __post_init__(self) -> None:
         if not self.ref or not isinstance(self.ref, str):
@@ -46,6 +47,8 @@ class ModelSpec:
             raise ConfigError(f"model batch_size must be >= 1, got {self.batch_size}")
         if self.max_new_tokens < 1:
             raise ConfigError(f"model max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.stage_batch_size is not None and self.stage_batch_size < 1:
+            raise ConfigError(f"model stage_batch_size must be >= 1, got {self.stage_batch_size}")
 
 
 @dataclass(frozen=True)
@@ -104,7 +107,7 @@ def _tiny_models() -> Models:
 
 def _cpu_models() -> Models:
     return Models(
-        asr=ModelSpec("base", batch_size=4, max_new_tokens=224),
+        asr=ModelSpec("base", batch_size=4, max_new_tokens=224, stage_batch_size=2),
         captioner=ModelSpec("Salesforce/blip2-opt-2.7b", batch_size=2, max_new_tokens=30),
         embedder=ModelSpec("openai/clip-vit-base-patch32", batch_size=16),
         summarizer=ModelSpec(
@@ -115,7 +118,7 @@ def _cpu_models() -> Models:
 
 def _gpu_models() -> Models:
     return Models(
-        asr=ModelSpec("large-v3-turbo", batch_size=16, max_new_tokens=224),
+        asr=ModelSpec("large-v3-turbo", batch_size=16, max_new_tokens=224, stage_batch_size=8),
         captioner=ModelSpec("Salesforce/blip2-opt-2.7b", batch_size=32, max_new_tokens=30),
         embedder=ModelSpec("openai/clip-vit-large-patch14", batch_size=128),
         summarizer=ModelSpec(

@@ -15,8 +15,12 @@ from pipeline.config import PIPELINE_VERSION, RunConfig
 from pipeline.discover import MediaItem, Shard, discover, plan_shards
 from pipeline.executor import ensure_ray, executor_for
 from pipeline.rows import build_tables
+from pipeline.stages.caption import Blip2Captioner
 from pipeline.stages.decode import MediaDecoder
-from pipeline.stages.models import Blip2Captioner, ClipEmbedder, LlmSummarizer, WhisperTranscriber
+from pipeline.stages.embed import ClipEmbedder
+from pipeline.stages.model import ModelStage
+from pipeline.stages.summarize import LlmSummarizer
+from pipeline.stages.transcribe import WhisperTranscriber
 from pipeline.tables import Output
 from pipeline.task import VideoTask
 
@@ -42,25 +46,20 @@ class RunSummary:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
-def build_stages(config: RunConfig) -> tuple[MediaDecoder, list]:
-    gpu = config.device != "cpu"
+def build_stages(config: RunConfig) -> tuple[MediaDecoder, list[ModelStage]]:
     common = {"cache_dir": config.cache_dir, "storage_options": dict(config.storage_options)}
     m = config.models
-
-    def res(cpus: float, gpus: float):
-        from pipeline.config import Resources
-
-        return Resources(cpus=cpus, gpus=gpus if gpu else 0.0)
-
-    # Fractional CPUs leave whole cores for decode tasks and the driver's reads/writes (on 2 cores whole-CPU
-    # actors starved the decode tasks); GPU shares add up to one GPU per set of actors.
-    stages = [
-        WhisperTranscriber(spec=m.asr, resources=res(0.25, 0.3), batch_size=max(1, m.asr.batch_size // 2), **common),
-        Blip2Captioner(spec=m.captioner, resources=res(0.25, 0.3), batch_size=4, **common),
-        ClipEmbedder(spec=m.embedder, resources=res(0.25, 0.1), batch_size=8, **common),
-        # Many videos a call: their prompts are generated as batches, or sent to a server side by side.
-        LlmSummarizer(spec=m.summarizer, resources=res(0.25, 0.3), batch_size=16, **common),
+    stages: list[ModelStage] = [
+        WhisperTranscriber(spec=m.asr, **common),
+        Blip2Captioner(spec=m.captioner, **common),
+        ClipEmbedder(spec=m.embedder, **common),
+        LlmSummarizer(spec=m.summarizer, **common),
     ]
+    for stage in stages:
+        if config.device == "cpu":
+            stage.resources = dataclasses.replace(stage.resources, gpus=0.0)
+        if stage.spec.stage_batch_size:
+            stage.batch_size = stage.spec.stage_batch_size
     decoder = MediaDecoder(keyframes=config.keyframes, storage_options=dict(config.storage_options))
     return decoder, stages
 

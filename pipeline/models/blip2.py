@@ -9,7 +9,7 @@ from PIL import Image
 log = logging.getLogger(__name__)
 
 
-class Blip2Captioner:
+class Blip2CaptionModel:
     def __init__(
         self, path_or_id: str, device: str = "cpu", batch_size: int = 8, max_new_tokens: int = 30,
         revision: str | None = None,

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 from PIL import Image
 
-from pipeline.models.blip2 import Blip2Captioner
+from pipeline.models.blip2 import Blip2CaptionModel
 
 
 def test_one_caption_per_image_across_micro_batches(tiny_path):
-    captioner = Blip2Captioner(tiny_path("blip2"), batch_size=2, max_new_tokens=6)
+    captioner = Blip2CaptionModel(tiny_path("blip2"), batch_size=2, max_new_tokens=6)
     images = [Image.new("RGB", (64, 48), c) for c in ((255, 0, 0), (0, 255, 0), (0, 0, 255))]
     images.append(Image.new("L", (20, 90), 128))  # grey and odd-sized: converted and resized by the processor
     captions = captioner.caption(images)

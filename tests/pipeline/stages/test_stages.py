@@ -8,7 +8,10 @@ import pytest
 
 from pipeline.config import load_config
 from pipeline.stages.decode import MediaDecoder
-from pipeline.stages.models import Blip2Captioner, ClipEmbedder, LlmSummarizer, WhisperTranscriber
+from pipeline.stages.caption import Blip2Captioner
+from pipeline.stages.embed import ClipEmbedder
+from pipeline.stages.summarize import LlmSummarizer
+from pipeline.stages.transcribe import WhisperTranscriber
 from pipeline.task import VideoTask
 
 
@@ -65,3 +68,17 @@ def test_one_bad_item_fails_alone(decoded, model_cache):
     _stage(Blip2Captioner, model_cache, "captioner").process_batch([good, broken])
     assert good.ok and all(f.caption is not None for f in good.frames)
     assert not broken.ok and broken.error.startswith("caption: ")
+
+
+def test_stages_declare_resources_and_profiles_override_batches(tmp_path):
+    from pipeline.config import load_config
+    from pipeline.run import build_stages
+
+    _, on_cpu = build_stages(load_config(str(tmp_path), str(tmp_path / "o"), "cpu", device="cpu"))
+    _, anywhere = build_stages(load_config(str(tmp_path), str(tmp_path / "o"), "gpu"))
+    assert [s.name for s in on_cpu] == ["transcribe", "caption", "embed", "summarize"]
+    assert all(s.resources.gpus == 0 and 0 < s.resources.cpus < 1 for s in on_cpu)
+    assert sum(s.resources.gpus for s in anywhere) <= 1.0 and all(s.resources.gpus > 0 for s in anywhere)
+    # The cpu and gpu profiles size the transcriber's calls; the other stages keep what they declare.
+    assert [s.batch_size for s in on_cpu] == [2, Blip2Captioner.batch_size, ClipEmbedder.batch_size, 16]
+    assert anywhere[0].batch_size == 8

@@ -1,0 +1,49 @@
+"""What every model stage shares: a model spec resolved to a local path and loaded once per actor."""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from PIL import Image
+
+from pipeline.config import ModelSpec
+from pipeline.stages.base import Stage
+from pipeline.task import VideoTask
+
+
+@dataclass
+class ModelStage(Stage):
+    """A stage around one model. Each declares its resources: fractional CPUs, which leave whole cores for
+    decode tasks and the driver's reads and writes (on 2 cores whole-CPU actors starved the decode tasks),
+    and GPU shares that add up to one GPU over the four model stages. ``batch_size`` is videos per call;
+    the model's own micro-batch is its spec's ``batch_size``, and a spec's ``stage_batch_size`` overrides
+    the stage's."""
+
+    spec: ModelSpec = field(default_factory=lambda: ModelSpec("unset"))
+    role: str = ""
+    cache_dir: str = ""
+    storage_options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def model_name(self) -> str:
+        """What the tables record: the reference itself, so a reader can load the very same model."""
+        return f"{self.spec.ref}@{self.spec.revision}" if self.spec.revision else self.spec.ref
+
+    def setup(self, device: str) -> None:
+        from pipeline.models.store import resolve
+
+        path = resolve(self.spec.ref, self.role, self.cache_dir, self.spec.revision, dict(self.storage_options))
+        self.model = self.load(path, device)
+
+    def load(self, path: str, device: str) -> Any:
+        raise NotImplementedError
+
+
+def _images(tasks: list[VideoTask]) -> list[Image.Image]:
+    return [Image.open(io.BytesIO(f.jpeg)).convert("RGB") for t in tasks for f in t.frames]
+
+
+def frame_images(tasks: list[VideoTask]) -> list[Image.Image]:
+    """The keyframes of ``tasks``, in order, as RGB images."""
+    return [Image.open(io.BytesIO(f.jpeg)).convert("RGB") for t in tasks for f in t.frames]
