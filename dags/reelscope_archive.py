@@ -2,7 +2,7 @@
 ### reelscope_archive
 
 A one-off sweep over an archive of any size, triggered by hand: **list_and_shard** lists the media under
-`input_uri` and writes one shard list per shard (skipping videos already done unless `force`);
+`input_uri` and writes one shard plan per shard (skipping videos already done unless `force`);
 **run_shard** runs each shard on Ray (one mapped task per shard, at most `reelscope_gpu` pool slots at
 once); **validate_and_publish** checks schemas, row counts and that every input has exactly one `videos`
 row, then writes `<output_uri>/_runs/<run>.json`. Rerunning it, or any shard, never duplicates rows.
@@ -14,6 +14,7 @@ row, then writes `<output_uri>/_runs/<run>.json`. Rerunning it, or any shard, ne
 | `profile` | `tiny` (offline test models), `cpu` or `gpu` |
 | `shard_size` | videos per shard (grown automatically past `core.max_map_length` shards) |
 | `force` | redo videos that are already done |
+| `retry_failed` | also redo the videos whose committed row failed |
 | `config_file` | optional YAML run config on the worker |
 | `storage_options` | explicit s3fs options (JSON object) |
 | `aws_conn_id` | Airflow AWS connection for S3; empty: the `AWS_*` environment |
@@ -49,6 +50,7 @@ with DAG(
                            description="Media to process: folder, glob, URI prefix or manifest."),
         "output_uri": Param("", type="string", minLength=1, description="Output root for the four tables."),
         "force": Param(False, type="boolean", description="Redo videos that are already done."),
+        "retry_failed": Param(False, type="boolean", description="Also redo videos whose committed row failed."),
         **shared_params(),
     },
     render_template_as_native_obj=True,
@@ -58,6 +60,7 @@ with DAG(
     listing = ListAndShardOperator(
         task_id="list_and_shard",
         force="{{ params.force }}",
+        retry_failed="{{ params.retry_failed }}",
         **LISTING_TEMPLATES,
     )
     run_and_publish(listing)

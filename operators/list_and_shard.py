@@ -1,4 +1,4 @@
-"""List the media of a run, plan its shards and write one shard list per shard."""
+"""List the media of a run, plan its shards and write one shard plan per shard."""
 from __future__ import annotations
 
 from typing import Any
@@ -11,14 +11,14 @@ from operators.common import as_bool, or_none, resolve_storage_options
 class ListAndShardOperator(BaseOperator):
     """Calls ``pipeline.orchestrate.list_and_shard``.
 
-    Returns the shard-list URIs (what the shard task maps over); pushes the plan URI under the XCom key
+    Returns the shard-plan URIs (what the shard task maps over); pushes the plan URI under the XCom key
     ``plan`` and the counts (media, pending, skipped, cleared) under ``counts``. With ``interval_start``
     and ``interval_end`` only the media of that interval are listed, into the interval's ``dt=``
     partition, which ``replace_partition`` empties first.
     """
 
     template_fields = (
-        "input_uri", "output_uri", "run_key", "profile", "config_file", "shard_size", "force",
+        "input_uri", "output_uri", "run_key", "profile", "config_file", "shard_size", "force", "retry_failed",
         "storage_options", "aws_conn_id", "interval_start", "interval_end", "layout", "replace_partition",
     )
     ui_color = "#e8f0fe"
@@ -33,6 +33,7 @@ class ListAndShardOperator(BaseOperator):
         config_file: str | None = None,
         shard_size: int | str | None = None,
         force: bool | str = False,
+        retry_failed: bool | str = False,
         storage_options: Any = None,
         aws_conn_id: str | None = None,
         interval_start: Any = None,
@@ -44,6 +45,7 @@ class ListAndShardOperator(BaseOperator):
         super().__init__(**kwargs)
         self.input_uri, self.output_uri, self.run_key = input_uri, output_uri, run_key
         self.profile, self.config_file, self.shard_size, self.force = profile, config_file, shard_size, force
+        self.retry_failed = retry_failed
         self.storage_options, self.aws_conn_id = storage_options, aws_conn_id
         self.interval_start, self.interval_end, self.layout = interval_start, interval_end, layout
         self.replace_partition = replace_partition
@@ -62,6 +64,7 @@ class ListAndShardOperator(BaseOperator):
             config_file=or_none(self.config_file),
             shard_size=int(self.shard_size) if or_none(self.shard_size) is not None else None,
             force=as_bool(self.force),
+            retry_failed=as_bool(self.retry_failed),
             storage_options=resolve_storage_options(self.aws_conn_id, self.storage_options),
             interval=(start, end) if start is not None and end is not None else None,
             layout=str(self.layout),

@@ -33,7 +33,7 @@ def dashboard_address(host: str, port: int | None, schema: str | None) -> str:
 
 
 class RayShardOperator(BaseOperator):
-    """Calls ``pipeline.orchestrate.run_shard`` on one shard list; returns its counts.
+    """Calls ``pipeline.orchestrate.run_shard`` on one shard plan; returns its counts.
 
     ``ray_conn_id`` (optional) names a connection to a Ray dashboard (host, port, schema): the shard then
     runs as a Ray Job (``python -m pipeline.orchestrate run-shard``) with a deterministic submission id,

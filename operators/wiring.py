@@ -7,7 +7,7 @@ from operators.validate import ValidateAndPublishOperator
 
 
 def run_and_publish(listing) -> ValidateAndPublishOperator:
-    """Fan out over ``listing``'s shard lists (XCom: URIs only) and validate the tables they wrote."""
+    """Fan out over ``listing``'s shard plans (XCom: URIs only) and validate the tables they wrote."""
     shards = RayShardOperator.partial(
         task_id="run_shard",
         pool=GPU_POOL,

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from pipeline.config import PIPELINE_VERSION, RunConfig
+from pipeline.config import PIPELINE_VERSION, ConfigError, RunConfig
 from pipeline.discover import MediaItem, Shard, discover, plan_shards
 from pipeline.executor import ensure_ray, executor_for
 from pipeline.rows import build_tables
@@ -23,6 +23,7 @@ from pipeline.stages.summarize import LlmSummarizer
 from pipeline.stages.transcribe import WhisperTranscriber
 from pipeline.tables import Output
 from pipeline.task import VideoTask
+from schemas.plan import ShardPlan
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +83,39 @@ def run(config: RunConfig, progress: Callable[[str, int, int], None] | None = No
     """
     started = time.perf_counter()
     output, items, shards, skipped = plan(config)
+    return _execute(config, output, shards, len(items), skipped, started, progress)
+
+
+def planned_shard(plan: ShardPlan) -> Shard:
+    """The shard a plan describes, its items as they were when planned."""
+    items = tuple(MediaItem(i.uri, i.video_id, i.size, None, i.input_fingerprint) for i in plan.items)
+    return Shard(plan.shard_id, items)
+
+
+def run_planned(
+    config: RunConfig, plan: ShardPlan, progress: Callable[[str, int, int], None] | None = None,
+) -> RunSummary:
+    """Process one shard exactly as planned: its items, under its id, into its partition; nothing is listed
+    or planned again. A configuration other than the one planned for is refused, since the shard's rows
+    would then not be what the plan promised."""
+    started = time.perf_counter()
+    if plan.config_fingerprint != config.fingerprint():
+        raise ConfigError(
+            f"shard {plan.shard_id} was planned for configuration {plan.config_fingerprint}, not "
+            f"{config.fingerprint()}: models or settings changed since; plan the run again"
+        )
+    output = Output(config.output, config.storage_options, plan.partition)
+    return _execute(config, output, [planned_shard(plan)], len(plan.items), 0, started, progress)
+
+
+def _execute(
+    config: RunConfig, output: Output, shards: list[Shard], discovered: int, skipped: int, started: float,
+    progress: Callable[[str, int, int], None] | None,
+) -> RunSummary:
     output.check_writable()
-    summary = RunSummary(discovered=len(items), skipped=skipped)
+    summary = RunSummary(discovered=discovered, skipped=skipped)
     todo = sum(len(s.items) for s in shards)
-    log.info("%d media found, %d to process in %d shard(s), %d already done", len(items), todo, len(shards), skipped)
+    log.info("%d media found, %d to process in %d shard(s), %d already done", discovered, todo, len(shards), skipped)
     if not shards:
         summary.wall_s = time.perf_counter() - started
         return summary

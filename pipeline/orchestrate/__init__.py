@@ -1,6 +1,6 @@
 """Entry points for orchestrators: list-and-shard, run-shard, validate-and-publish.
 
-Airflow operators and Ray Jobs call these (``python -m pipeline.orchestrate run-shard <shard list>``); they
+Airflow operators and Ray Jobs call these (``python -m pipeline.orchestrate run-shard <shard plan>``); they
 pass URIs and counts, never data, and import no Airflow. Each step is idempotent: a retry or a rerun
 rewrites the same deterministic shards and the same run manifest.
 """

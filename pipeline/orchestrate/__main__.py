@@ -16,7 +16,7 @@ from pipeline.orchestrate.plan import run_shard
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipeline.orchestrate")
     commands = parser.add_subparsers(dest="command", required=True)
-    shard = commands.add_parser("run-shard", help="Run one shard list written by list-and-shard.")
+    shard = commands.add_parser("run-shard", help="Run one shard plan written by list-and-shard, as written.")
     shard.add_argument("shard_uri")
     shard.add_argument("--storage-options", default="{}", help="fsspec storage options as JSON.")
     shard.add_argument("--ray-address", default=None)

@@ -1,15 +1,15 @@
 """list-and-shard and run-shard: the two halves of a fanned-out run.
 
 ``list_and_shard`` lists the media, decides what is pending with the same ``plan_shards`` the library run
-uses, and writes one shard list per planned shard under ``<output>/_plans/<run>/``::
+uses, and writes one shard plan per planned shard under ``<output>/_plans/<run>/``::
 
-    plan.json            what the run is: input, output, partition, profile, shard lists (written last)
+    plan.json            what the run is: input, output, partition, profile, shard plans (written last)
     inputs.txt           every listed input, one URI a line (what validation accounts for)
-    shard-00000.txt      the URIs of one shard; ``discover`` reads it as a manifest
+    shard-00000.json     one planned shard (``schemas.plan.ShardPlan``): its id, items and fingerprints
     shard-00000.result.json   counts, written by ``run_shard`` when the shard is done
 
-Each shard list holds exactly one planned shard, so running it reproduces that shard under its
-deterministic id: a retried or repeated shard rewrites the same files instead of adding rows.
+``run_shard`` executes a shard plan as written (``pipeline.run.run_planned``): it lists and plans nothing
+again, so a retried or repeated shard rewrites the same files under the same id instead of adding rows.
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from pipeline.discover import Shard, discover, plan_shards
 from pipeline.orchestrate.interval import as_utc, items_in_interval, partition_for_interval
 from pipeline.orchestrate.storage import merge_storage_options, storage_options_from_env
 from pipeline.tables import Output, open_output
+from schemas.plan import PlannedItem, ShardPlan
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,13 @@ def read_json(uri: str, storage_options: Mapping[str, Any] | None = None) -> dic
 def _plan(items, output: Output, config: RunConfig, max_shards: int) -> tuple[list[Shard], int, int]:
     committed = output.manifests()
     size = config.shard_size
-    shards, skipped = plan_shards(items, committed, config.fingerprint(), size, force=config.force)
+
+    def planned(size: int) -> tuple[list[Shard], int]:
+        return plan_shards(
+            items, committed, config.fingerprint(), size, force=config.force, retry_failed=config.retry_failed,
+        )
+
+    shards, skipped = planned(size)
     if len(shards) > max_shards:
         # Airflow caps the mapped tasks of one task (core.max_map_length); bigger shards keep a sweep of
         # any size within it, and the shards that already exist keep their members.
@@ -78,7 +85,7 @@ def _plan(items, output: Output, config: RunConfig, max_shards: int) -> tuple[li
             raise ValueError(f"{kept} existing shards to redo exceed the limit of {max_shards} mapped tasks")
         size = max(size, math.ceil(fresh / (max_shards - kept)))
         log.warning("%d shards exceed the limit of %d; using %d videos per shard", len(shards), max_shards, size)
-        shards, skipped = plan_shards(items, committed, config.fingerprint(), size, force=config.force)
+        shards, skipped = planned(size)
     return shards, skipped, size
 
 
@@ -91,6 +98,7 @@ def list_and_shard(
     config_file: str | None = None,
     shard_size: int | None = None,
     force: bool = False,
+    retry_failed: bool = False,
     storage_options: Mapping[str, Any] | None = None,
     interval: tuple[dt.datetime | str, dt.datetime | str] | None = None,
     layout: str = "auto",
@@ -107,7 +115,7 @@ def list_and_shard(
         partition = partition_for_interval(*interval)
     config = build_config(
         input_uri, output_uri, storage_options, profile=profile, config_file=config_file,
-        shard_size=shard_size, force=force or None, partition=partition,
+        shard_size=shard_size, force=force or None, retry_failed=retry_failed or None, partition=partition,
     )
     opts = config.storage_options
     if interval is None:
@@ -127,9 +135,9 @@ def list_and_shard(
     _write_text(output.fs, posixpath.join(plan_dir, INPUTS_FILE), "".join(f"{i.uri}\n" for i in items))
     shard_uris, shard_rows = [], []
     for n, shard in enumerate(shards):
-        path = posixpath.join(plan_dir, f"shard-{n:05d}.txt")
-        body = f"# reelscope shard {shard.shard_id}\n" + "".join(f"{i.uri}\n" for i in shard.items)
-        _write_text(output.fs, path, body)
+        path = posixpath.join(plan_dir, f"shard-{n:05d}.json")
+        members = tuple(PlannedItem(i.uri, i.video_id, i.input_fingerprint, i.size) for i in shard.items)
+        _write_text(output.fs, path, ShardPlan(shard.shard_id, members, config.fingerprint(), partition).to_json())
         shard_uris.append(output.fs.unstrip_protocol(path))
         shard_rows.append({"uri": shard_uris[-1], "shard_id": shard.shard_id, "videos": len(shard.items)})
     plan = {
@@ -142,6 +150,7 @@ def list_and_shard(
         "config_file": config_file,
         "config_fingerprint": config.fingerprint(),
         "force": config.force,
+        "retry_failed": config.retry_failed,
         "shard_size": size,
         "media": len(items),
         "skipped": skipped,
@@ -170,20 +179,21 @@ def run_shard(
     ray_address: str | None = None,
     cache_dir: str | None = None,
 ) -> dict:
-    """Run one shard list written by ``list_and_shard`` with ``pipeline.run`` (Ray: ``ray_address``,
-    ``RAY_ADDRESS`` or a local one). Returns the counts; ``<shard>.result.json`` gets them too, with the
-    failed inputs and their errors (kept out of the returned counts, which travel through XCom)."""
-    from pipeline.run import run  # models, stages and Ray: only where a shard actually runs
+    """Run one shard plan written by ``list_and_shard``, as written (``pipeline.run.run_planned``; Ray:
+    ``ray_address``, ``RAY_ADDRESS`` or a local one). Returns the counts; ``<shard>.result.json`` gets them
+    too, with the failed inputs and their errors (kept out of the returned counts, which travel through
+    XCom)."""
+    from pipeline.run import run_planned  # models, stages and Ray: only where a shard actually runs
 
     base = merge_storage_options(storage_options_from_env(), storage_options)
     fs, shard_path = open_output(shard_uri, base)
     plan = json.loads(fs.cat_file(posixpath.join(posixpath.dirname(shard_path), PLAN_FILE)))
+    shard = ShardPlan.from_json(fs.cat_file(shard_path))
     config = build_config(
         shard_uri, plan["output_uri"], base, profile=plan["profile"], config_file=plan["config_file"],
-        shard_size=plan["shard_size"], force=plan["force"] or None, partition=plan["partition"],
-        ray_address=ray_address, cache_dir=cache_dir,
+        shard_size=plan["shard_size"], partition=plan["partition"], ray_address=ray_address, cache_dir=cache_dir,
     )
-    summary = run(config)
+    summary = run_planned(config, shard)
     counts = {k: getattr(summary, k) for k in COUNTS}
     counts["wall_s"] = round(summary.wall_s, 2)
     failures = [{"uri": u, "error": e} for u, e in summary.failures]

@@ -12,7 +12,6 @@ import fsspec
 import pytest
 
 from pipeline.config import load_config
-from pipeline.discover import discover, video_id_for
 from pipeline.orchestrate import (
     ValidationError,
     items_in_interval,
@@ -25,8 +24,10 @@ from pipeline.orchestrate import (
     validate_and_publish,
 )
 from pipeline.rows import build_tables
+from pipeline.run import planned_shard
 from pipeline.tables import Output
 from pipeline.task import VideoTask
+from schemas.plan import ShardPlan
 
 UTC = dt.timezone.utc
 DAY = dt.datetime(2026, 11, 22, tzinfo=UTC)
@@ -40,11 +41,16 @@ def _media(root, names, opts=None):
         fs.pipe_file(path, b"not really a video")
 
 
+def _shard_plan(uri, opts=None) -> ShardPlan:
+    fs, path = fsspec.core.url_to_fs(uri, **(opts or {}))
+    return ShardPlan.from_json(fs.cat_file(path))
+
+
 def _commit(output, shard_uri, opts=None):
-    """Do what run_shard does for one shard list, minus the models: every video a failed row."""
+    """Do what run_shard does for one shard plan, minus the models: every video a failed row."""
     plan = read_json(posixpath.join(posixpath.dirname(shard_uri), "plan.json"), opts)
     shard = next(s for s in plan["shards"] if s["uri"] == shard_uri)
-    items = discover(shard_uri, opts)
+    items = planned_shard(_shard_plan(shard_uri, opts)).items
     tasks = []
     for i in items:
         task = VideoTask(i.video_id, i.uri, i.input_fingerprint, i.size)
@@ -119,8 +125,8 @@ def test_list_shard_validate_and_rerun_on_s3(s3):
                            shard_size=2, storage_options=opts)
     assert (first["media"], first["pending"], first["skipped"], len(first["shards"])) == (5, 5, 0, 3)
     plan_dir = f"s3://{bucket}/tables/_plans/archive__manual__2026-11-23T10_00_00_00_00"
-    assert first["shards"][0] == f"{plan_dir}/shard-00000.txt"
-    assert [len(discover(s, opts)) for s in first["shards"]] == [2, 2, 1]
+    assert first["shards"][0] == f"{plan_dir}/shard-00000.json"
+    assert [len(_shard_plan(s, opts).items) for s in first["shards"]] == [2, 2, 1]
     with pytest.raises(ValidationError, match="5 problem"):
         validate_and_publish(first["plan"], opts)
     for shard in first["shards"]:
@@ -188,7 +194,7 @@ def test_validation_catches_duplicates_and_bad_counts(tmp_path):
     fs, path = fsspec.core.url_to_fs(result["plan"])
     fs.pipe_file(path, json.dumps(plan).encode())
     _commit(out, plan["shards"][0]["uri"])
-    twice = video_id_for(discover(plan["shards"][0]["uri"])[0].uri)
+    twice = _shard_plan(plan["shards"][0]["uri"]).items[0].video_id
     with pytest.raises(ValidationError, match=f"video {twice} has 2 videos rows"):
         validate_and_publish(result["plan"])
     Output(out).retract("00000000000000ff")
@@ -211,3 +217,29 @@ def test_config_file_storage_options_win(tmp_path, monkeypatch):
     config = build_config("in", "out", {"key": "k"}, config_file=str(cfg))
     assert config.storage_options == {"client_kwargs": {"endpoint_url": "http://minio:9000"}, "key": "k"}
     assert config == load_config("in", "out", config_file=str(cfg), storage_options=config.storage_options)
+
+
+def test_run_shard_executes_its_plan_as_written(tmp_path, ray_session, model_cache):
+    from pipeline.config import ConfigError
+    from pipeline.orchestrate import run_shard
+    from pipeline.run import run_planned
+
+    _media(str(tmp_path / "in"), ["a.mp4", "b.mp4"])
+    out = str(tmp_path / "out")
+    (shard_uri,) = list_and_shard(str(tmp_path / "in"), out, "as-planned", shard_size=2, retry_failed=True)["shards"]
+    planned = _shard_plan(shard_uri)
+    # What happens to the input after planning does not change what the shard is: a file gone since is
+    # still its row (failed, saying so), a new one waits for the next plan.
+    (tmp_path / "in" / "b.mp4").unlink()
+    _media(str(tmp_path / "in"), ["c.mp4"])
+    counts = run_shard(shard_uri, cache_dir=model_cache)
+    assert (counts["discovered"], counts["failed"], counts["skipped"]) == (2, 2, 0)
+    assert [m["shard_id"] for m in Output(out).manifests()] == [planned.shard_id]
+    rows = Output(out).read_table("videos").to_pylist()
+    assert sorted(r["uri"] for r in rows) == sorted(i.uri for i in planned.items)
+    assert all(r["input_fingerprint"] == i.input_fingerprint for r, i in zip(
+        sorted(rows, key=lambda r: r["uri"]), sorted(planned.items, key=lambda i: i.uri)))
+    # Planned for the tiny profile: a worker configured otherwise refuses rather than writes other rows.
+    with pytest.raises(ConfigError, match=f"shard {planned.shard_id} was planned for configuration"):
+        run_planned(load_config(str(tmp_path / "in"), out, "cpu"), planned)
+    assert read_json(posixpath.join(posixpath.dirname(shard_uri), "plan.json"))["retry_failed"] is True
