@@ -4,12 +4,17 @@ Decode runs as Ray tasks (CPU, scheduled as cores free up); each model stage is 
 the GPUs there are (one actor per stage on a CPU-only cluster), created once per run so models load once.
 Within a shard the model stages run one after another, each spreading its batches over its pool, while
 the next shard decodes.
+
+A worker that dies (a decoder segfaulting on a poison file, the OS killing it for memory) costs its items,
+not the run: a decode task is retried once, then its video fails; a model actor is replaced, the videos of
+its batch are tried one by one, and the one that kills an actor alone fails, saying the worker died.
 """
 from __future__ import annotations
 
 import logging
 import os
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
@@ -90,12 +95,14 @@ class RayExecutor:
             raise ModelLoadError("device=cuda was asked for, but the Ray cluster has no GPU")
         self.device = device
         remote_actor = ray.remote(_StageActor)
-        self._decode = ray.remote(_run_cpu_stage).options(num_cpus=self.decoder.resources.cpus)
-        self.pools = {}
+        # One retry: a worker that dies twice on the same video will die every time.
+        self._decode = ray.remote(_run_cpu_stage).options(num_cpus=self.decoder.resources.cpus, max_retries=1)
+        self.pools, self._spawn = {}, {}
         for stage in self.model_stages:
             n = max(1, gpus) if device == "cuda" else 1
             opts = {"num_cpus": stage.resources.cpus, "num_gpus": stage.resources.gpus if device == "cuda" else 0}
-            self.pools[stage.name] = [remote_actor.options(**opts).remote(stage, device) for _ in range(n)]
+            self._spawn[stage.name] = lambda stage=stage, opts=opts: remote_actor.options(**opts).remote(stage, device)
+            self.pools[stage.name] = [self._spawn[stage.name]() for _ in range(n)]
         start = time.perf_counter()
         pending = {a.setup.remote(): stage for stage in self.model_stages for a in self.pools[stage.name]}
         for ref, stage in pending.items():
@@ -135,7 +142,14 @@ class RayExecutor:
             if on_stage:
                 on_stage(n, self.decoder.name)
             start = time.perf_counter()
-            decoded = [t for batch in ray.get(decoding) for t in batch]
+            decoded = []
+            for task, ref in zip(tasks, decoding):
+                try:
+                    decoded += ray.get(ref)
+                except ray.exceptions.RayError as exc:  # the decode worker died: the video fails, not the run
+                    log.warning("decoding %s killed its worker: %s", task.uri, _first_line(exc))
+                    task.fail(self.decoder.name, _worker_died(exc))
+                    decoded.append(task)
             self._add(self.decoder.name, start)
             decoding = self._decode_async(shards[n + 1]) if n + 1 < len(shards) else []
             yield self._model_stages(decoded, (lambda name, n=n: on_stage(n, name)) if on_stage else None)
@@ -144,8 +158,6 @@ class RayExecutor:
         return [self._decode.remote(self.decoder, [t]) for t in tasks]
 
     def _model_stages(self, tasks: list[VideoTask], on_stage: Callable[[str], None] | None) -> list[VideoTask]:
-        from ray.util import ActorPool
-
         by_id = {t.video_id: t for t in tasks}
         for stage in self.model_stages:
             todo = [t for t in by_id.values() if stage.wants(t)]
@@ -154,12 +166,48 @@ class RayExecutor:
             if on_stage:
                 on_stage(stage.name)
             start = time.perf_counter()
-            batches = [todo[i : i + stage.batch_size] for i in range(0, len(todo), stage.batch_size)]
-            pool = ActorPool(self.pools[stage.name])
-            for batch in pool.map_unordered(lambda actor, batch: actor.process_batch.remote(batch), batches):
-                by_id.update((t.video_id, t) for t in batch)
+            by_id.update((t.video_id, t) for t in self._run_stage(stage, todo))
             self._add(stage.name, start)
         return [by_id[t.video_id] for t in tasks]
+
+    def _run_stage(self, stage: Stage, todo: list[VideoTask]) -> list[VideoTask]:
+        """``todo`` through the stage's pool, one batch per idle actor; a batch whose actor dies is tried
+        again one video at a time on a replacement, and a video whose actor dies twice fails."""
+        import ray
+
+        queue = deque(todo[i : i + stage.batch_size] for i in range(0, len(todo), stage.batch_size))
+        idle, running, done = list(self.pools[stage.name]), {}, []
+        crashes: dict[str, int] = {}
+        while queue or running:
+            while queue and idle:
+                actor, batch = idle.pop(), queue.popleft()
+                running[actor.process_batch.remote(batch)] = (actor, batch)
+            (ref,), _ = ray.wait(list(running), num_returns=1)
+            actor, batch = running.pop(ref)
+            try:
+                done += ray.get(ref)
+                idle.append(actor)
+            except ray.exceptions.RayActorError as exc:
+                log.warning("%s: a worker died on %s: %s", stage.name, ", ".join(t.uri for t in batch), _first_line(exc))
+                idle.append(self._replace(stage, actor))
+                for task in batch:
+                    crashes[task.video_id] = crashes.get(task.video_id, 0) + 1
+                    if crashes[task.video_id] < 2:
+                        queue.append([task])
+                    else:
+                        task.fail(stage.name, _worker_died(exc))
+                        done.append(task)
+        return done
+
+    def _replace(self, stage: Stage, dead) -> object:
+        """A new actor, set up, in place of ``dead`` in the stage's pool."""
+        import ray
+
+        actor = self._spawn[stage.name]()
+        ray.get(actor.setup.remote())
+        pool = self.pools[stage.name]
+        pool[pool.index(dead)] = actor
+        return actor
 
     def _add(self, name: str, start: float) -> None:
         self.stage_seconds[name] = self.stage_seconds.get(name, 0.0) + time.perf_counter() - start
@@ -172,6 +220,19 @@ class RayExecutor:
         except Exception:
             return False
         return True
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else exc.__class__.__name__
+
+
+def _worker_died(exc: BaseException) -> str:
+    """What a failed row says when the process working on it died: which error, and the likely causes."""
+    return (
+        f"the worker process died twice on it ({exc.__class__.__name__}): it crashes a decoder or library, "
+        "or exhausts memory"
+    )
 
 
 _warm: tuple[str, RayExecutor] | None = None
