@@ -149,6 +149,7 @@ class RayExecutor:
                 except ray.exceptions.RayError as exc:  # the decode worker died: the video fails, not the run
                     log.warning("decoding %s killed its worker: %s", task.uri, _first_line(exc))
                     task.fail(self.decoder.name, _worker_died(exc))
+                    task.seconds.setdefault(self.decoder.name, 0.0)  # it was taken in, and cost its worker
                     decoded.append(task)
             self._add(self.decoder.name, start)
             decoding = self._decode_async(shards[n + 1]) if n + 1 < len(shards) else []
@@ -196,6 +197,7 @@ class RayExecutor:
                         queue.append([task])
                     else:
                         task.fail(stage.name, _worker_died(exc))
+                        task.seconds.setdefault(stage.name, 0.0)
                         done.append(task)
         return done
 

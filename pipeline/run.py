@@ -8,6 +8,7 @@ import dataclasses
 import datetime as dt
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -155,6 +156,22 @@ def _execute(
     return summary
 
 
+STAGES = ("decode", "transcribe", "caption", "embed", "summarize")
+
+
+def stage_stats(tasks: list[VideoTask]) -> dict[str, dict]:
+    """Per stage: the videos it took in, how many came out ok, the failures it caused by reason, seconds."""
+    stats = {}
+    for stage in STAGES:
+        taken = [t for t in tasks if stage in t.seconds]
+        failed = Counter(t.error[len(stage) + 2:][:120] for t in taken if t.error and t.error.startswith(f"{stage}: "))
+        stats[stage] = {
+            "in": len(taken), "ok": sum(t.ok for t in taken), "failed": dict(sorted(failed.items())),
+            "seconds": round(sum(t.seconds[stage] for t in taken), 3),
+        }
+    return stats
+
+
 def _write(output: Output, config: RunConfig, shard: Shard, tasks: list[VideoTask], model_info: dict) -> dict:
     names = {
         "asr": model_info["transcribe"]["name"],
@@ -190,10 +207,6 @@ def _write(output: Output, config: RunConfig, shard: Shard, tasks: list[VideoTas
             {"video_id": t.video_id, "uri": t.uri, "input_fingerprint": t.input_fingerprint, "status": "ok" if t.ok else "failed"}
             for t in tasks
         ],
-        "stats": {
-            "ok": sum(t.ok for t in tasks),
-            "failed": sum(not t.ok for t in tasks),
-            "seconds": {k: round(sum(t.seconds.get(k, 0.0) for t in tasks), 3) for k in ("decode", "transcribe", "caption", "embed", "summarize")},
-        },
+        "stats": {"ok": sum(t.ok for t in tasks), "failed": sum(not t.ok for t in tasks), "stages": stage_stats(tasks)},
     }
     return output.write_shard(shard.shard_id, tables, manifest)

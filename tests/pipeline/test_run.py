@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -92,6 +93,15 @@ def test_tables_conform_and_carry_the_content(first_run):
     moved = {**manifests[0], "model_refs": {"embedder": {**manifests[0]["model_refs"]["embedder"], "ref": "s3://m/clip"}}}
     assert model_ref("tiny:clip", [moved]) == ("s3://m/clip", None)
     assert summary.keyframes == keyframes.num_rows and summary.summaries == 2
+    # Per stage: what it took in, what came out ok, what it failed and why, summed over the shards.
+    stages = [m["stats"]["stages"] for m in manifests]
+    assert sum(s["decode"]["in"] for s in stages) == 6 and sum(s["decode"]["ok"] for s in stages) == 2
+    reasons = Counter()
+    for s in stages:
+        reasons.update(s["decode"]["failed"])
+    assert sum(reasons.values()) == 4 and any("moov atom not found" in r for r in reasons)
+    assert sum(s["summarize"]["in"] for s in stages) == 2 and all(s["caption"]["failed"] == {} for s in stages)
+    assert all(st["seconds"] >= 0 for s in stages for st in s.values())
     assert set(summary.stage_seconds) >= {"decode", "transcribe", "caption", "embed", "summarize", "write"}
 
 
