@@ -2,8 +2,8 @@
 
 Decode runs as Ray tasks (CPU, scheduled as cores free up); each model stage is a pool of actors sized to
 the GPUs there are (one actor per stage on a CPU-only cluster), created once per run so models load once.
-Within a shard the model stages run one after another, each spreading its batches over its pool, while
-the next shard decodes.
+Shards flow through the stages as a pipeline, every stage busy with another shard at once, the media
+passed from task to actor to actor through the object store (``run_shards``).
 
 A worker that dies (a decoder segfaulting on a poison file, the OS killing it for memory) costs its items,
 not the run: a decode task is retried once, then its video fails; a model actor is replaced, the videos of
@@ -11,6 +11,7 @@ its batch are tried one by one, and the one that kills an actor alone fails, say
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -74,6 +75,14 @@ class _StageActor:
     def process_batch(self, tasks: list[VideoTask]) -> list[VideoTask]:
         return self.stage.process_batch(tasks)
 
+    def process_refs(self, *parts: list[VideoTask]) -> tuple[int, list[VideoTask]]:
+        """A shard's tasks, given as the parts Ray resolved from refs (one per decoded video, or one list);
+        returns a tiny status for the driver to wait on, and the tasks for the next stage."""
+        tasks = [t for part in parts for t in part]
+        size = self.stage.batch_size
+        done = [t for i in range(0, len(tasks), size) for t in self.stage.process_batch(tasks[i : i + size])]
+        return len(done), done
+
 
 def _run_cpu_stage(stage: Stage, tasks: list[VideoTask]) -> list[VideoTask]:
     return stage.process_batch(tasks)
@@ -85,6 +94,7 @@ class RayExecutor:
     model_stages: list[Stage]
     device: str = "auto"
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    in_flight: int = 6  # shards under way at once: one per stage, and more decoding ahead
 
     def start(self) -> None:
         import ray
@@ -97,7 +107,7 @@ class RayExecutor:
         remote_actor = ray.remote(_StageActor)
         # One retry: a worker that dies twice on the same video will die every time.
         self._decode = ray.remote(_run_cpu_stage).options(num_cpus=self.decoder.resources.cpus, max_retries=1)
-        self.pools, self._spawn = {}, {}
+        self.pools, self._spawn, self._replaced = {}, {}, {}
         for stage in self.model_stages:
             n = max(1, gpus) if device == "cuda" else 1
             opts = {"num_cpus": stage.resources.cpus, "num_gpus": stage.resources.gpus if device == "cuda" else 0}
@@ -130,46 +140,109 @@ class RayExecutor:
     def run_shards(
         self, shards: list[list[VideoTask]], on_stage: Callable[[int, str], None] | None = None
     ) -> Iterator[list[VideoTask]]:
-        """Each shard's finished tasks, in order.
+        """Each shard's finished tasks, in order, as soon as it has been through every stage.
 
-        The next shard decodes (CPU tasks) while this one is in the model stages, so the models do not wait
-        for decoding between shards; at most two shards' decoded media are held at once.
+        Shards flow through the stages as a pipeline: while one is summarised the next is embedded, another
+        captioned, another transcribed and more decode, every stage's actors fed by the whole run, with at
+        most ``in_flight`` shards under way (backpressure: their decoded media are what the object store
+        holds). A shard's media go from decode tasks to actor to actor through the object store; the driver
+        fetches them only once the shard is through, to write it.
         """
         import ray
 
-        decoding = self._decode_async(shards[0]) if shards else []
-        for n, tasks in enumerate(shards):
-            if on_stage:
-                on_stage(n, self.decoder.name)
-            start = time.perf_counter()
-            decoded = []
-            for task, ref in zip(tasks, decoding):
+        order = [stage.name for stage in self.model_stages]
+        flights: dict[int, _Flight] = {}
+        queued: dict[str, deque[int]] = {name: deque() for name in order}
+        # Two calls a actor at a time: the next shard waits at the actor, not for the driver to notice that
+        # the last one is done (the actor runs them one after the other all the same).
+        idle = {name: [a for a in actors for _ in range(2)] for name, actors in self.pools.items()}
+        running: dict[object, tuple[int, str, object, float]] = {}  # status ref -> shard, stage, actor, start
+        finished: dict[int, list[VideoTask]] = {}
+        admitted, next_out = 0, 0
+        while next_out < len(shards):
+            while admitted < len(shards) and len(flights) < self.in_flight:
+                flights[admitted] = _Flight(shards[admitted], self._decode_async(shards[admitted]), time.perf_counter())
+                if on_stage:
+                    on_stage(admitted, self.decoder.name)
+                admitted += 1
+            for name in order:
+                while queued[name] and idle[name]:
+                    n, actor = queued[name].popleft(), idle[name].pop()
+                    if on_stage:
+                        on_stage(n, name)
+                    status, flights[n].sent = actor.process_refs.options(num_returns=2).remote(*flights[n].inputs)
+                    running[status] = (n, name, actor, time.perf_counter())
+            decoding = {ref: n for n, f in flights.items() if f.step == -1 for ref in f.waiting}
+            (ref,), _ = ray.wait([*running, *decoding], num_returns=1, fetch_local=False)
+            if ref in decoding:
+                flight = flights[decoding[ref]]
+                flight.waiting.discard(ref)
+                if not flight.waiting:  # every video of the shard decoded (or its worker gone)
+                    self._add(self.decoder.name, flight.started)
+                    self._advance(decoding[ref], flights, queued, order, finished)
+            else:
+                n, name, actor, started = running.pop(ref)
+                flight = flights[n]
+                self._add(name, started)
                 try:
-                    decoded += ray.get(ref)
-                except ray.exceptions.RayError as exc:  # the decode worker died: the video fails, not the run
-                    log.warning("decoding %s killed its worker: %s", task.uri, _first_line(exc))
-                    task.fail(self.decoder.name, _worker_died(exc))
-                    task.seconds.setdefault(self.decoder.name, 0.0)  # it was taken in, and cost its worker
-                    decoded.append(task)
-            self._add(self.decoder.name, start)
-            decoding = self._decode_async(shards[n + 1]) if n + 1 < len(shards) else []
-            yield self._model_stages(decoded, (lambda name, n=n: on_stage(n, name)) if on_stage else None)
+                    ray.get(ref)  # a few bytes: whether the call went through
+                    idle[name].append(actor)
+                    flight.inputs = [flight.sent]
+                except ray.exceptions.RayActorError:  # the actor died: redo the shard's videos one by one
+                    idle[name].append(self._replace(self._stage(name), actor))
+                    flight.inputs = [ray.put(self._recover(self._stage(name), flight))]
+                except ray.exceptions.RayTaskError:  # an input could not be made: a decode worker died
+                    idle[name].append(actor)
+                    flight.inputs = [ray.put(self._recover_decode(flight))]
+                    queued[name].appendleft(n)
+                    continue
+                self._advance(n, flights, queued, order, finished)
+            while next_out in finished:
+                yield finished.pop(next_out)
+                next_out += 1
+
+    def _advance(self, n: int, flights: dict, queued: dict, order: list[str], finished: dict) -> None:
+        """Shard ``n`` on to its next stage, or, through them all, fetched and done."""
+        import ray
+
+        flight = flights[n]
+        flight.step += 1
+        if flight.step < len(order):
+            queued[order[flight.step]].append(n)
+        else:
+            finished[n] = [t for part in ray.get(flight.inputs) for t in part]
+            del flights[n]
+
+    def _stage(self, name: str) -> Stage:
+        return next(stage for stage in self.model_stages if stage.name == name)
+
+    def _recover(self, stage: Stage, flight: _Flight) -> list[VideoTask]:
+        """The shard's tasks through ``stage`` one video a call, after an actor died on them."""
+        import ray
+
+        tasks = [t for part in ray.get(flight.inputs) for t in part]
+        by_id = {t.video_id: t for t in tasks}
+        wanted = [t for t in tasks if stage.wants(t)]
+        by_id.update((t.video_id, t) for t in self._run_stage(dataclasses.replace(stage, batch_size=1), wanted))
+        return [by_id[t.video_id] for t in tasks]
+
+    def _recover_decode(self, flight: _Flight) -> list[VideoTask]:
+        """The shard's decoded tasks, with a failed row for each video whose decode worker died."""
+        import ray
+
+        decoded = []
+        for task, ref in zip(flight.tasks, flight.decoding):
+            try:
+                decoded += ray.get(ref)
+            except ray.exceptions.RayError as exc:
+                log.warning("decoding %s killed its worker: %s", task.uri, _first_line(exc))
+                task.fail(self.decoder.name, _worker_died(exc))
+                task.seconds.setdefault(self.decoder.name, 0.0)  # it was taken in, and cost its worker
+                decoded.append(task)
+        return decoded
 
     def _decode_async(self, tasks: list[VideoTask]) -> list:
         return [self._decode.remote(self.decoder, [t]) for t in tasks]
-
-    def _model_stages(self, tasks: list[VideoTask], on_stage: Callable[[str], None] | None) -> list[VideoTask]:
-        by_id = {t.video_id: t for t in tasks}
-        for stage in self.model_stages:
-            todo = [t for t in by_id.values() if stage.wants(t)]
-            if not todo:
-                continue
-            if on_stage:
-                on_stage(stage.name)
-            start = time.perf_counter()
-            by_id.update((t.video_id, t) for t in self._run_stage(stage, todo))
-            self._add(stage.name, start)
-        return [by_id[t.video_id] for t in tasks]
 
     def _run_stage(self, stage: Stage, todo: list[VideoTask]) -> list[VideoTask]:
         """``todo`` through the stage's pool, one batch per idle actor; a batch whose actor dies is tried
@@ -202,13 +275,17 @@ class RayExecutor:
         return done
 
     def _replace(self, stage: Stage, dead) -> object:
-        """A new actor, set up, in place of ``dead`` in the stage's pool."""
+        """A new actor, set up, in place of ``dead`` in the stage's pool (the same one for every call that
+        finds ``dead`` dead)."""
         import ray
 
+        pool = self.pools[stage.name]
+        if dead not in pool:
+            return self._replaced[dead]
         actor = self._spawn[stage.name]()
         ray.get(actor.setup.remote())
-        pool = self.pools[stage.name]
         pool[pool.index(dead)] = actor
+        self._replaced[dead] = actor
         return actor
 
     def _add(self, name: str, start: float) -> None:
@@ -222,6 +299,22 @@ class RayExecutor:
         except Exception:
             return False
         return True
+
+
+@dataclass
+class _Flight:
+    """One shard under way: its tasks, the refs its next stage takes, and how far it has come."""
+
+    tasks: list[VideoTask]
+    decoding: list  # one ref per video: its decode task
+    started: float
+    step: int = -1  # -1: decoding; else the index of the model stage it waits for or is in
+    sent: object = None  # the data ref of the stage call under way
+    inputs: list = field(init=False)  # what its next stage call takes: refs of lists of tasks
+    waiting: set = field(init=False)  # decode refs not yet done
+
+    def __post_init__(self) -> None:
+        self.inputs, self.waiting = list(self.decoding), set(self.decoding)
 
 
 def _first_line(exc: BaseException) -> str:
