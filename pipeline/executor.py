@@ -160,7 +160,11 @@ class RayExecutor:
         finished: dict[int, list[VideoTask]] = {}
         admitted, next_out = 0, 0
         while next_out < len(shards):
-            while admitted < len(shards) and len(flights) < self.in_flight:
+            # Decoded media waiting for the first stage are the bulk (audio is dropped once transcribed): at
+            # most two shards decode or wait there, however many the later stages hold.
+            ahead = sum(f.step <= 0 and f.sent is None for f in flights.values())
+            while admitted < len(shards) and len(flights) < self.in_flight and ahead < 2:
+                ahead += 1
                 flights[admitted] = _Flight(shards[admitted], self._decode_async(shards[admitted]), time.perf_counter())
                 if on_stage:
                     on_stage(admitted, self.decoder.name)
