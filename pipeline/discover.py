@@ -12,6 +12,8 @@ from typing import Any, Iterable, Mapping
 
 import fsspec
 
+from schemas.manifest import ShardManifest
+
 log = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = frozenset(
@@ -149,7 +151,7 @@ class Shard:
 
 def plan_shards(
     items: list[MediaItem],
-    committed: list[dict],
+    committed: list[ShardManifest],
     config_fingerprint: str,
     shard_size: int,
     force: bool = False,
@@ -162,19 +164,19 @@ def plan_shards(
     Items that a committed shard already holds are regrouped into that same shard, so a rewrite replaces
     the shard's files under the same names and no row is ever duplicated; new items form new shards.
     """
-    by_video: dict[str, dict] = {}
+    by_video: dict[str, tuple] = {}  # video id -> (its VideoEntry, the manifest holding it)
     for manifest in committed:
-        for v in manifest.get("videos", []):
-            by_video[v["video_id"]] = {**v, "shard_id": manifest["shard_id"], "config": manifest["config_fingerprint"]}
+        for v in manifest.videos:
+            by_video[v.video_id] = (v, manifest)
     current = {i.video_id: i for i in items}
     pending = [
         i
         for i in items
         if force
         or i.video_id not in by_video
-        or by_video[i.video_id]["input_fingerprint"] != i.input_fingerprint
-        or by_video[i.video_id]["config"] != config_fingerprint
-        or (retry_failed and by_video[i.video_id].get("status") == "failed")
+        or by_video[i.video_id][0].input_fingerprint != i.input_fingerprint
+        or by_video[i.video_id][1].config_fingerprint != config_fingerprint
+        or (retry_failed and by_video[i.video_id][0].status == "failed")
     ]
     skipped = len(items) - len(pending)
     shards: list[Shard] = []
@@ -182,16 +184,16 @@ def plan_shards(
     fresh: list[MediaItem] = []
     for item in pending:
         old = by_video.get(item.video_id)
-        (regroup.setdefault(old["shard_id"], []) if old else fresh).append(item)
+        (regroup.setdefault(old[1].shard_id, []) if old else fresh).append(item)
     for old_shard, group in sorted(regroup.items()):
         # Every still-present member of the old shard is redone with it, so its files stay whole.
         members = {i.video_id for i in group}
         for manifest in committed:
-            if manifest["shard_id"] == old_shard:
-                for v in manifest.get("videos", []):
-                    if v["video_id"] in current and v["video_id"] not in members:
-                        group.append(current[v["video_id"]])
-                        members.add(v["video_id"])
+            if manifest.shard_id == old_shard:
+                for v in manifest.videos:
+                    if v.video_id in current and v.video_id not in members:
+                        group.append(current[v.video_id])
+                        members.add(v.video_id)
                         skipped -= 1
         shards.append(Shard(old_shard, tuple(sorted(group, key=lambda i: i.uri))))
     for start in range(0, len(fresh), shard_size):

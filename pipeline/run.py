@@ -24,6 +24,7 @@ from pipeline.stages.summarize import LlmSummarizer
 from pipeline.stages.transcribe import WhisperTranscriber
 from pipeline.tables import Output
 from pipeline.task import VideoTask
+from schemas.manifest import ModelRef, ShardManifest, StageStats, VideoEntry
 from schemas.plan import ShardPlan
 
 log = logging.getLogger(__name__)
@@ -144,10 +145,9 @@ def _execute(
             else:
                 summary.failed += 1
                 summary.failures.append((t.uri, t.error))
-        files = manifest["files"]
-        summary.keyframes += files["keyframes"]["rows"]
-        summary.segments += files["segments"]["rows"]
-        summary.summaries += files["summaries"]["rows"]
+        summary.keyframes += manifest.files["keyframes"].rows
+        summary.segments += manifest.files["segments"].rows
+        summary.summaries += manifest.files["summaries"].rows
         done += len(tasks)
         if progress:
             progress(f"shard {n}/{len(shards)}: written", done, todo)
@@ -159,20 +159,22 @@ def _execute(
 STAGES = ("decode", "transcribe", "caption", "embed", "summarize")
 
 
-def stage_stats(tasks: list[VideoTask]) -> dict[str, dict]:
+def stage_stats(tasks: list[VideoTask]) -> dict[str, StageStats]:
     """Per stage: the videos it took in, how many came out ok, the failures it caused by reason, seconds."""
     stats = {}
     for stage in STAGES:
         taken = [t for t in tasks if stage in t.seconds]
         failed = Counter(t.error[len(stage) + 2:][:120] for t in taken if t.error and t.error.startswith(f"{stage}: "))
-        stats[stage] = {
-            "in": len(taken), "ok": sum(t.ok for t in taken), "failed": dict(sorted(failed.items())),
-            "seconds": round(sum(t.seconds[stage] for t in taken), 3),
-        }
+        stats[stage] = StageStats(
+            len(taken), sum(t.ok for t in taken), dict(sorted(failed.items())),
+            round(sum(t.seconds[stage] for t in taken), 3),
+        )
     return stats
 
 
-def _write(output: Output, config: RunConfig, shard: Shard, tasks: list[VideoTask], model_info: dict) -> dict:
+def _write(
+    output: Output, config: RunConfig, shard: Shard, tasks: list[VideoTask], model_info: dict,
+) -> ShardManifest:
     names = {
         "asr": model_info["transcribe"]["name"],
         "captioner": model_info["caption"]["name"],
@@ -190,23 +192,22 @@ def _write(output: Output, config: RunConfig, shard: Shard, tasks: list[VideoTas
         model_names=names,
         processed_at=now,
     )
-    manifest = {
-        "pipeline_version": PIPELINE_VERSION,
-        "config_fingerprint": fingerprint,
-        "profile": config.profile,
-        "models": names,
-        # How to load each model again (search embeds queries with the very embedder of the keyframes).
-        # ``name`` is what the tables record (``embedding_model``...), which readers look the ref up by.
-        "model_refs": {
-            role: {"name": names[role], **{key: spec[key] for key in ("ref", "revision", "endpoint")}}
-            for role, spec in dataclasses.asdict(config.models).items()
+    manifest = ShardManifest(
+        pipeline_version=PIPELINE_VERSION,
+        config_fingerprint=fingerprint,
+        profile=config.profile,
+        models=names,
+        # How to load each model again (search embeds queries with the very embedder of the keyframes),
+        # found by the name the tables record (``embedding_model``...).
+        model_refs={
+            role: ModelRef(spec.ref, names[role], spec.revision, spec.endpoint)
+            for role, spec in ((f.name, getattr(config.models, f.name)) for f in dataclasses.fields(config.models))
         },
-        "embedding_dim": dim,
-        "committed_at": now.isoformat(),
-        "videos": [
-            {"video_id": t.video_id, "uri": t.uri, "input_fingerprint": t.input_fingerprint, "status": "ok" if t.ok else "failed"}
-            for t in tasks
-        ],
-        "stats": {"ok": sum(t.ok for t in tasks), "failed": sum(not t.ok for t in tasks), "stages": stage_stats(tasks)},
-    }
+        embedding_dim=dim,
+        committed_at=now.isoformat(),
+        videos=tuple(
+            VideoEntry(t.video_id, t.input_fingerprint, t.uri, "ok" if t.ok else "failed") for t in tasks
+        ),
+        stages=stage_stats(tasks),
+    )
     return output.write_shard(shard.shard_id, tables, manifest)

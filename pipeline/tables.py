@@ -3,7 +3,8 @@
 Layout under an output root (any fsspec URI)::
 
     <output>/<table>/[<partition>/]shard-<id>.parquet     data, one file per table per shard
-    <output>/_manifests/[<partition>/]shard-<id>.json      the commit marker, written last, exactly once
+    <output>/_manifests/[<partition>/]shard-<id>.json      the commit marker (``schemas.manifest.ShardManifest``),
+                                                          written last, exactly once
 
 Object stores have no atomic rename, so a shard becomes visible only when its manifest exists: writers
 retract an old manifest before rewriting a shard's files, then put the new manifest with a conditional
@@ -11,7 +12,7 @@ create (``IfNoneMatch="*"`` on S3). Readers trust only files that a manifest nam
 """
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 import posixpath
 import re
@@ -24,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from schemas import SCHEMA_VERSION, TABLES, schema_for
+from schemas.manifest import ShardManifest, TableFile
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +79,7 @@ class Output:
 
     # -- writing -------------------------------------------------------------------------------------
 
-    def write_shard(self, shard_id: str, tables: Mapping[str, pa.Table], manifest: Mapping[str, Any]) -> dict:
+    def write_shard(self, shard_id: str, tables: Mapping[str, pa.Table], manifest: ShardManifest) -> ShardManifest:
         """Write one shard's four tables, then its manifest (the commit). Returns the manifest written."""
         if not _SHARD_ID.match(shard_id):
             raise ValueError(f"refusing to write a shard without a proper shard id: {shard_id!r}")
@@ -92,17 +94,13 @@ class Output:
             self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
             with self.fs.open(path, "wb") as f:
                 pq.write_table(table, f, compression="zstd")
-            files[name] = {"path": posixpath.relpath(path, self.root), "rows": table.num_rows}
-        body = {
-            **manifest,
-            "shard_id": shard_id,
-            "schema_version": SCHEMA_VERSION,
-            "partition": self.partition,
-            "files": files,
-        }
+            files[name] = TableFile(posixpath.relpath(path, self.root), table.num_rows)
+        body = dataclasses.replace(
+            manifest, shard_id=shard_id, schema_version=SCHEMA_VERSION, partition=self.partition, files=files,
+        )
         mpath = self.manifest_path(shard_id)
         self.fs.makedirs(posixpath.dirname(mpath), exist_ok=True)
-        self.fs.pipe_file(mpath, json.dumps(body, indent=1, sort_keys=True).encode(), mode="create")
+        self.fs.pipe_file(mpath, body.to_json().encode(), mode="create")
         return body
 
     def retract(self, shard_id: str) -> None:
@@ -117,7 +115,7 @@ class Output:
 
     def clear_partition(self) -> int:
         """Retract every shard of this output's partition (a daily rerun replaces its partition)."""
-        shards = [m["shard_id"] for m in self.manifests()]
+        shards = [m.shard_id for m in self.manifests()]
         for shard_id in shards:
             self.retract(shard_id)
         # Files left by a writer that died before committing are invisible but still take space.
@@ -129,8 +127,8 @@ class Output:
 
     # -- reading -------------------------------------------------------------------------------------
 
-    def manifests(self, all_partitions: bool = False) -> list[dict]:
-        """Committed shards of this partition (or of every partition), each manifest as a dict."""
+    def manifests(self, all_partitions: bool = False) -> list[ShardManifest]:
+        """Committed shards of this partition (or of every partition)."""
         base = posixpath.join(self.root, MANIFEST_DIR)
         # Object-store listings are cached per filesystem instance; another process may have committed since.
         self.fs.invalidate_cache()
@@ -143,12 +141,12 @@ class Output:
         out = []
         for path in paths:
             with self.fs.open(path, "rb") as f:
-                out.append(json.loads(f.read()))
+                out.append(ShardManifest.from_json(f.read()))
         return out
 
-    def file_path(self, manifest: Mapping[str, Any], table: str) -> str:
+    def file_path(self, manifest: ShardManifest, table: str) -> str:
         """Full path of the data file a manifest names for ``table`` (manifests hold paths relative to root)."""
-        return posixpath.join(self.root, manifest["files"][table]["path"])
+        return posixpath.join(self.root, manifest.files[table].path)
 
     def committed_files(self, table: str, all_partitions: bool = True) -> list[str]:
         """Full paths of a table's committed data files."""

@@ -78,7 +78,7 @@ def _plan(items, output: Output, config: RunConfig, max_shards: int) -> tuple[li
     if len(shards) > max_shards:
         # Airflow caps the mapped tasks of one task (core.max_map_length); bigger shards keep a sweep of
         # any size within it, and the shards that already exist keep their members.
-        old = {m["shard_id"] for m in committed}
+        old = {m.shard_id for m in committed}
         kept = sum(s.shard_id in old for s in shards)
         fresh = sum(len(s.items) for s in shards if s.shard_id not in old)
         if kept >= max_shards:

@@ -21,6 +21,7 @@ from pipeline.orchestrate.plan import INPUTS_FILE, result_path, run_key
 from pipeline.orchestrate.storage import merge_storage_options, storage_options_from_env
 from pipeline.tables import Output, open_output
 from schemas import SCHEMA_VERSION, TABLES, schema_for
+from schemas.manifest import ShardManifest
 
 log = logging.getLogger(__name__)
 
@@ -32,25 +33,25 @@ class ValidationError(RuntimeError):
     """The tables do not match the plan; the message summarises the problems."""
 
 
-def _check_files(output: Output, manifest: dict, problems: list[str]) -> dict[str, int]:
+def _check_files(output: Output, manifest: ShardManifest, problems: list[str]) -> dict[str, int]:
     rows = {}
-    shard = manifest["shard_id"]
-    if manifest.get("schema_version") != SCHEMA_VERSION:
-        found = manifest.get("schema_version")
+    shard = manifest.shard_id
+    if manifest.schema_version != SCHEMA_VERSION:
+        found = manifest.schema_version
         problems.append(f"shard {shard}: schema version {found!r}, expected {SCHEMA_VERSION!r}")
     for table in TABLES:
-        entry = manifest["files"][table]
+        entry = manifest.files[table]
         with output.fs.open(output.file_path(manifest, table), "rb") as f:
             parquet = pq.ParquetFile(f)  # the footer only: schema and row count, no data pages
             actual, meta = parquet.schema_arrow, parquet.metadata
-        dim = manifest.get("embedding_dim")
+        dim = manifest.embedding_dim
         if table == "keyframes" and dim is None:
             dim = actual.field("embedding").type.list_size
         expected = schema_for(table, dim) if table == "keyframes" else schema_for(table)
         if not actual.equals(expected, check_metadata=False):
             problems.append(f"shard {shard}: {table} file does not match the {table} schema")
-        if meta.num_rows != entry["rows"]:
-            problems.append(f"shard {shard}: {table} has {meta.num_rows} rows, its manifest says {entry['rows']}")
+        if meta.num_rows != entry.rows:
+            problems.append(f"shard {shard}: {table} has {meta.num_rows} rows, its manifest says {entry.rows}")
         rows[table] = meta.num_rows
     return rows
 
@@ -106,7 +107,7 @@ def validate_and_publish(plan_uri: str, storage_options: Mapping[str, Any] | Non
         "skipped": plan["skipped"],
         "videos": {"ok": status.get("ok", 0), "failed": status.get("failed", 0)},
         "rows": {t: rows.get(t, 0) for t in TABLES},
-        "committed_shards": sorted(m["shard_id"] for m in manifests),
+        "committed_shards": sorted(m.shard_id for m in manifests),
         "shards": shard_results,
         "validated_at": dt.datetime.now(dt.timezone.utc).isoformat(),
     }

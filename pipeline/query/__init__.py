@@ -51,9 +51,9 @@ def open_snapshot(uri: str, storage_options: Mapping[str, Any] | None = None) ->
     if not manifests:
         raise OutputError(f"no reelscope tables under {uri} (run `reelscope run` first)")
     for m in manifests:
-        missing = [t for t in TABLES if t not in m.get("files", {})]
+        missing = [t for t in TABLES if t not in m.files]
         if missing:
-            raise OutputError(f"manifest of shard {m.get('shard_id')} under {uri} names no {', '.join(missing)} file")
+            raise OutputError(f"manifest of shard {m.shard_id} under {uri} names no {', '.join(missing)} file")
     return Snapshot(output, tuple(manifests))
 
 

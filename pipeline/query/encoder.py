@@ -27,9 +27,9 @@ class Encoder(Protocol):
 def model_ref(name: str, manifests: Sequence[Mapping[str, Any]]) -> tuple[str, str | None]:
     """``(ref, revision)`` of the recorded embedding model called ``name``."""
     for m in manifests:
-        spec = (m.get("model_refs") or {}).get("embedder") or {}
-        if spec.get("name") == name and spec.get("ref"):
-            return spec["ref"], spec.get("revision")
+        spec = m.model_refs.get("embedder")
+        if spec is not None and spec.name == name and spec.ref:
+            return spec.ref, spec.revision
     # Manifests without model_refs: stages record the name as ``ref`` or ``ref@revision``; a revision never
     # holds "/", which keeps local paths and URIs that contain "@" whole.
     ref, sep, revision = name.rpartition("@")

@@ -26,11 +26,11 @@ def _literal(text: str) -> str:
 def _embedding_dims(snapshot: Snapshot) -> set[int]:
     dims = set()
     for m, path in zip(snapshot.manifests, snapshot.paths("keyframes")):
-        if m.get("embedding_dim") is None:  # a manifest that does not say: ask the file's own schema
+        if m.embedding_dim is None:  # a manifest that does not say: ask the file's own schema
             with snapshot.output.fs.open(path, "rb") as f:
                 dims.add(pq.read_schema(f).field("embedding").type.list_size)
         else:
-            dims.add(m["embedding_dim"])
+            dims.add(m.embedding_dim)
     return dims
 
 
@@ -40,7 +40,7 @@ def connect(snapshot: Snapshot) -> duckdb.DuckDBPyConnection:
     if not snapshot.is_local:
         con.register_filesystem(snapshot.output.fs)
     # DuckDB refuses hive partitioning when only some files sit under key=value folders.
-    hive = all(m.get("partition") for m in snapshot.manifests)
+    hive = all(m.partition for m in snapshot.manifests)
     dims = _embedding_dims(snapshot)
     for table in TABLES:
         files = ", ".join(_literal(f) for f in snapshot.urls(table))

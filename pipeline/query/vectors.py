@@ -50,8 +50,8 @@ def _entry(snapshot: Snapshot, model: str) -> tuple[str, str]:
     """(prefix shared by every snapshot of this output and model, this snapshot's own name)."""
     where = snapshot.output.fs.unstrip_protocol(snapshot.output.root)  # one entry whatever the spelling of the URI
     prefix = hashlib.sha256(json.dumps([where, model]).encode()).hexdigest()[:16]
-    state = hashlib.sha256(json.dumps(sorted(snapshot.manifests, key=lambda m: m["shard_id"]), sort_keys=True,
-                                      default=str).encode()).hexdigest()[:16]
+    manifests = sorted(snapshot.manifests, key=lambda m: m.shard_id)
+    state = hashlib.sha256("\n".join(m.to_json() for m in manifests).encode()).hexdigest()[:16]
     return prefix, f"{prefix}-{state}"
 
 

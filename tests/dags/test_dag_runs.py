@@ -111,13 +111,13 @@ def test_daily_interval_and_its_replacement(dags, samples, s3, monkeypatch):
     assert [r[1].rsplit("/", 2)[-2] for r in rows] == ["dt=2026-11-22"] * 2
     assert fs.glob(f"{bucket}/tables/videos/dt=2026-11-22/shard-*.parquet")
     assert _videos(f"s3://{bucket}/tables", opts)[0] == rows  # nothing outside the partition
-    first_manifests = {m["shard_id"] for m in out.manifests()}
+    first_manifests = {m.shard_id for m in out.manifests()}
 
     # The same interval again (a cleared run or a backfill with --reprocess-behavior): replaced, not added to.
     again = dags["reelscope_daily"].test(logical_date=midnight, run_conf=conf)
     assert again.state == "success", _states(again)
     assert _videos(f"s3://{bucket}/tables", opts)[0] == rows
-    assert {m["shard_id"] for m in out.manifests()} == first_manifests
+    assert {m.shard_id for m in out.manifests()} == first_manifests
     fs.invalidate_cache()
     runs = sorted(fs.glob(f"{bucket}/tables/_runs/*.json"))  # named by run id, which starts with the run's time
     assert len(runs) == 2

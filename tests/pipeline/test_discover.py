@@ -1,3 +1,4 @@
+import json
 import os
 import time
 
@@ -6,6 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.discover import InputError, discover, plan_shards, shard_id_for, video_id_for
+from schemas.manifest import ShardManifest
 
 
 @pytest.fixture
@@ -75,12 +77,13 @@ def test_s3_prefix(s3):
     assert all(i.modified is not None for i in items)
 
 
-def _manifest(shard_id, items, config="c1"):
-    return {
+def _manifest(shard_id, items, config="c1", status="ok"):
+    """A committed manifest, read from the JSON a writer leaves."""
+    return ShardManifest.from_json(json.dumps({
         "shard_id": shard_id,
         "config_fingerprint": config,
-        "videos": [{"video_id": i.video_id, "input_fingerprint": i.input_fingerprint} for i in items],
-    }
+        "videos": [{"video_id": i.video_id, "input_fingerprint": i.input_fingerprint, "status": status} for i in items],
+    }))
 
 
 def test_plan_skips_done_and_regroups_changed(tree):
@@ -106,10 +109,9 @@ def test_plan_skips_done_and_regroups_changed(tree):
 def test_retry_failed_redoes_the_shards_holding_failures(tree):
     items = discover(str(tree))
     shards, _ = plan_shards(items, [], "c1", shard_size=2)
-    committed = [_manifest(s.shard_id, s.items) for s in shards]
+    committed = [_manifest(shards[0].shard_id, shards[0].items),
+                 _manifest(shards[1].shard_id, shards[1].items, status="failed")]
     failed_id = shards[1].items[0].video_id
-    for v in committed[1]["videos"]:
-        v["status"] = "failed"
     assert plan_shards(items, committed, "c1", shard_size=2) == ([], 3)
     redo, skipped = plan_shards(items, committed, "c1", shard_size=2, retry_failed=True)
     assert [s.shard_id for s in redo] == [shards[1].shard_id] and skipped == 2

@@ -27,6 +27,7 @@ from pipeline.rows import build_tables
 from pipeline.run import planned_shard
 from pipeline.tables import Output
 from pipeline.task import VideoTask
+from schemas.manifest import ShardManifest, VideoEntry
 from schemas.plan import ShardPlan
 
 UTC = dt.timezone.utc
@@ -59,12 +60,10 @@ def _commit(output, shard_uri, opts=None):
     fingerprint = plan["config_fingerprint"]
     tables = build_tables(tasks, shard_id=shard["shard_id"], config_fingerprint=fingerprint, embedding_dim=4,
                           model_names={"asr": "w", "summarizer": "l"}, processed_at=dt.datetime.now(UTC))
-    manifest = {
-        "config_fingerprint": fingerprint,
-        "embedding_dim": 4,
-        "videos": [{"video_id": i.video_id, "uri": i.uri, "input_fingerprint": i.input_fingerprint, "status": "failed"}
-                   for i in items],
-    }
+    manifest = ShardManifest(
+        config_fingerprint=fingerprint, embedding_dim=4,
+        videos=tuple(VideoEntry(i.video_id, i.input_fingerprint, i.uri, "failed") for i in items),
+    )
     Output(output, opts, plan["partition"]).write_shard(shard["shard_id"], tables, manifest)
 
 
@@ -234,7 +233,7 @@ def test_run_shard_executes_its_plan_as_written(tmp_path, ray_session, model_cac
     _media(str(tmp_path / "in"), ["c.mp4"])
     counts = run_shard(shard_uri, cache_dir=model_cache)
     assert (counts["discovered"], counts["failed"], counts["skipped"]) == (2, 2, 0)
-    assert [m["shard_id"] for m in Output(out).manifests()] == [planned.shard_id]
+    assert [m.shard_id for m in Output(out).manifests()] == [planned.shard_id]
     rows = Output(out).read_table("videos").to_pylist()
     assert sorted(r["uri"] for r in rows) == sorted(i.uri for i in planned.items)
     assert all(r["input_fingerprint"] == i.input_fingerprint for r, i in zip(

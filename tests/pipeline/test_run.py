@@ -1,6 +1,7 @@
 """End to end: a mixed folder of real and broken files through `pipeline.run.run` on the tiny models."""
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from collections import Counter
 
@@ -12,6 +13,7 @@ from pipeline.query.encoder import model_ref
 from pipeline.run import run
 from pipeline.tables import Output
 from schemas import SCHEMA_VERSION, SEGMENTS, SUMMARIES, VIDEOS, keyframes_schema
+from schemas.manifest import ModelRef
 
 
 @pytest.fixture(scope="module")
@@ -86,22 +88,21 @@ def test_tables_conform_and_carry_the_content(first_run):
         # Decoded under the answer's schema, even random weights give the asked shape.
         assert s["status"] == "ok" and s["summary"]
     manifests = out.manifests()
-    assert all(m["schema_version"] == SCHEMA_VERSION and m["config_fingerprint"] == config.fingerprint() for m in manifests)
-    assert manifests[0]["model_refs"]["embedder"] == {
-        "name": "tiny:clip", "ref": "tiny:clip", "revision": None, "endpoint": None}
+    assert all(m.schema_version == SCHEMA_VERSION and m.config_fingerprint == config.fingerprint() for m in manifests)
+    assert manifests[0].model_refs["embedder"] == ModelRef("tiny:clip", name="tiny:clip")
     # Search finds the embedder's ref by the name the keyframes record, in the manifests as written.
-    moved = {**manifests[0], "model_refs": {"embedder": {**manifests[0]["model_refs"]["embedder"], "ref": "s3://m/clip"}}}
+    moved = dataclasses.replace(manifests[0], model_refs={"embedder": ModelRef("s3://m/clip", name="tiny:clip")})
     assert model_ref("tiny:clip", [moved]) == ("s3://m/clip", None)
     assert summary.keyframes == keyframes.num_rows and summary.summaries == 2
     # Per stage: what it took in, what came out ok, what it failed and why, summed over the shards.
-    stages = [m["stats"]["stages"] for m in manifests]
-    assert sum(s["decode"]["in"] for s in stages) == 6 and sum(s["decode"]["ok"] for s in stages) == 2
+    stages = [m.stages for m in manifests]
+    assert sum(s["decode"].taken for s in stages) == 6 and sum(s["decode"].ok for s in stages) == 2
     reasons = Counter()
     for s in stages:
-        reasons.update(s["decode"]["failed"])
+        reasons.update(s["decode"].failed)
     assert sum(reasons.values()) == 4 and any("moov atom not found" in r for r in reasons)
-    assert sum(s["summarize"]["in"] for s in stages) == 2 and all(s["caption"]["failed"] == {} for s in stages)
-    assert all(st["seconds"] >= 0 for s in stages for st in s.values())
+    assert sum(s["summarize"].taken for s in stages) == 2 and all(s["caption"].failed == {} for s in stages)
+    assert all(st.seconds >= 0 for s in stages for st in s.values())
     assert set(summary.stage_seconds) >= {"decode", "transcribe", "caption", "embed", "summarize", "write"}
 
 

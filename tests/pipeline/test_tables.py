@@ -10,6 +10,7 @@ from pipeline.rows import build_tables
 from pipeline.tables import Output
 from pipeline.task import FrameRecord, VideoTask
 from schemas import SCHEMA_VERSION, SEGMENTS, SUMMARIES, TABLES, VIDEOS, keyframes_schema
+from schemas.manifest import ShardManifest
 
 NOW = dt.datetime(2026, 11, 23, tzinfo=dt.timezone.utc)
 
@@ -51,8 +52,9 @@ def test_rows_follow_the_schemas():
 def test_write_commit_read_and_retract(tmp_path):
     out = Output(str(tmp_path / "out"))
     tables = _tables()
-    manifest = out.write_shard("0123456789abcdef", tables, {"config_fingerprint": "cfg", "videos": []})
-    assert manifest["files"]["keyframes"]["rows"] == 2 and manifest["schema_version"] == SCHEMA_VERSION
+    manifest = out.write_shard("0123456789abcdef", tables, ShardManifest(config_fingerprint="cfg"))
+    assert manifest.files["keyframes"].rows == 2 and manifest.schema_version == SCHEMA_VERSION
+    assert out.manifests() == [manifest]  # read back as written
     for name in TABLES:
         f = tmp_path / "out" / name / "shard-0123456789abcdef.parquet"
         meta = pq.read_metadata(f)
@@ -64,7 +66,7 @@ def test_write_commit_read_and_retract(tmp_path):
     pq.write_table(tables["videos"], stray)
     assert out.read_table("videos").num_rows == 2
     # Rewriting a shard replaces it: rows are never duplicated.
-    out.write_shard("0123456789abcdef", tables, {"config_fingerprint": "cfg", "videos": []})
+    out.write_shard("0123456789abcdef", tables, ShardManifest(config_fingerprint="cfg"))
     assert out.read_table("videos").num_rows == 2
     out.retract("0123456789abcdef")
     assert out.manifests() == [] and out.read_table("videos").num_rows == 0
@@ -72,14 +74,14 @@ def test_write_commit_read_and_retract(tmp_path):
 
 def test_refuses_shards_without_an_id(tmp_path):
     with pytest.raises(ValueError, match="shard id"):
-        Output(str(tmp_path)).write_shard("../x", _tables(), {})
+        Output(str(tmp_path)).write_shard("../x", _tables(), ShardManifest())
 
 
 def test_partitions_and_clear(tmp_path):
     a = Output(str(tmp_path), partition="dt=2026-11-21")
     b = Output(str(tmp_path), partition="dt=2026-11-22")
-    a.write_shard("00000000000000aa", _tables(), {"videos": []})
-    b.write_shard("00000000000000bb", _tables(), {"videos": []})
+    a.write_shard("00000000000000aa", _tables(), ShardManifest())
+    b.write_shard("00000000000000bb", _tables(), ShardManifest())
     assert (tmp_path / "videos" / "dt=2026-11-22" / "shard-00000000000000bb.parquet").exists()
     assert len(Output(str(tmp_path)).manifests(all_partitions=True)) == 2
     assert Output(str(tmp_path)).read_table("videos").num_rows == 4
@@ -93,7 +95,7 @@ def test_s3_commit_is_a_conditional_put(s3):
     bucket, opts = s3
     out = Output(f"s3://{bucket}/tables", opts)
     out.check_writable()
-    out.write_shard("0123456789abcdef", _tables(), {"videos": []})
+    out.write_shard("0123456789abcdef", _tables(), ShardManifest())
     fs = s3fs.S3FileSystem(**opts)
     body = json.loads(fs.cat(f"{bucket}/tables/_manifests/shard-0123456789abcdef.json"))
     assert body["files"]["videos"]["rows"] == 2

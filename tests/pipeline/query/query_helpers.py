@@ -13,6 +13,7 @@ from PIL import Image
 from pipeline.discover import video_id_for
 from pipeline.rows import build_tables
 from pipeline.tables import Output
+from schemas.manifest import ShardManifest
 from pipeline.task import FrameRecord, VideoTask
 
 NOW = dt.datetime(2026, 11, 23, tzinfo=dt.timezone.utc)
@@ -95,5 +96,5 @@ def write_archive(output: Output, shards=None) -> Output:
     for n, tasks in enumerate(shards or archive_tasks()):
         tables = build_tables(tasks, shard_id=f"{n:016x}", config_fingerprint="cfg", embedding_dim=DIM,
                               model_names={"asr": "test:asr", "summarizer": "test:llm"}, processed_at=NOW)
-        output.write_shard(f"{n:016x}", tables, {"models": {"embedder": MODEL}, "embedding_dim": DIM, "profile": "test"})
+        output.write_shard(f"{n:016x}", tables, ShardManifest(models={"embedder": MODEL}, embedding_dim=DIM, profile="test"))
     return output
