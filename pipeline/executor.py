@@ -7,11 +7,10 @@ passed from task to actor to actor through the object store (``run_shards``).
 
 A worker that dies (a decoder segfaulting on a poison file, the OS killing it for memory) costs its items,
 not the run: a decode task is retried once, then its video fails; a model actor is replaced, the videos of
-its batch are tried one by one, and the one that kills an actor alone fails, saying the worker died.
+its call are tried one by one, and the one that kills an actor alone fails, saying the worker died.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import time
@@ -195,9 +194,11 @@ class RayExecutor:
                 except ray.exceptions.RayActorError:  # the actor died: redo the shard's videos one by one
                     idle[name].append(self._replace(self._stage(name), actor))
                     flight.inputs = [ray.put(self._recover(self._stage(name), flight))]
-                except ray.exceptions.RayTaskError:  # an input could not be made: a decode worker died
+                except ray.exceptions.RayTaskError:
+                    if flight.step != 0 or not self._decode_died(flight):
+                        raise  # not a lost input: a fault of the stage itself, which would recur
                     idle[name].append(actor)
-                    flight.inputs = [ray.put(self._recover_decode(flight))]
+                    flight.inputs = [ray.put(flight.tasks)]  # the shard as decoded, its dead decodes failed
                     queued[name].appendleft(n)
                     continue
                 self._advance(n, flights, queued, order, finished)
@@ -221,20 +222,36 @@ class RayExecutor:
         return next(stage for stage in self.model_stages if stage.name == name)
 
     def _recover(self, stage: Stage, flight: _Flight) -> list[VideoTask]:
-        """The shard's tasks through ``stage`` one video a call, after an actor died on them."""
+        """The shard's tasks through ``stage`` again after an actor died on them: one video a call, on the
+        pool's live actors; a video whose actor dies again (twice in all) fails, saying so."""
         import ray
 
         tasks = [t for part in ray.get(flight.inputs) for t in part]
         by_id = {t.video_id: t for t in tasks}
-        wanted = [t for t in tasks if stage.wants(t)]
-        by_id.update((t.video_id, t) for t in self._run_stage(dataclasses.replace(stage, batch_size=1), wanted))
+        queue = deque(t for t in tasks if stage.wants(t))
+        idle, running = list(self.pools[stage.name]), {}
+        while queue or running:
+            while queue and idle:
+                actor, task = idle.pop(), queue.popleft()
+                running[actor.process_batch.remote([task])] = (actor, task)
+            (ref,), _ = ray.wait(list(running), num_returns=1)
+            actor, task = running.pop(ref)
+            try:
+                (by_id[task.video_id],) = ray.get(ref)
+                idle.append(actor)
+            except ray.exceptions.RayActorError as exc:
+                log.warning("%s: a worker died on %s: %s", stage.name, task.uri, _first_line(exc))
+                idle.append(self._replace(stage, actor))
+                task.fail(stage.name, _worker_died(exc))
+                task.seconds.setdefault(stage.name, 0.0)
         return [by_id[t.video_id] for t in tasks]
 
-    def _recover_decode(self, flight: _Flight) -> list[VideoTask]:
-        """The shard's decoded tasks, with a failed row for each video whose decode worker died."""
+    def _decode_died(self, flight: _Flight) -> bool:
+        """Whether a video's decode worker died (its retry too); such a video fails, saying so, in
+        ``flight.tasks``, which then holds the shard as decoded."""
         import ray
 
-        decoded = []
+        decoded, died = [], False
         for task, ref in zip(flight.tasks, flight.decoding):
             try:
                 decoded += ray.get(ref)
@@ -243,40 +260,12 @@ class RayExecutor:
                 task.fail(self.decoder.name, _worker_died(exc))
                 task.seconds.setdefault(self.decoder.name, 0.0)  # it was taken in, and cost its worker
                 decoded.append(task)
-        return decoded
+                died = True
+        flight.tasks = decoded
+        return died
 
     def _decode_async(self, tasks: list[VideoTask]) -> list:
         return [self._decode.remote(self.decoder, [t]) for t in tasks]
-
-    def _run_stage(self, stage: Stage, todo: list[VideoTask]) -> list[VideoTask]:
-        """``todo`` through the stage's pool, one batch per idle actor; a batch whose actor dies is tried
-        again one video at a time on a replacement, and a video whose actor dies twice fails."""
-        import ray
-
-        queue = deque(todo[i : i + stage.batch_size] for i in range(0, len(todo), stage.batch_size))
-        idle, running, done = list(self.pools[stage.name]), {}, []
-        crashes: dict[str, int] = {}
-        while queue or running:
-            while queue and idle:
-                actor, batch = idle.pop(), queue.popleft()
-                running[actor.process_batch.remote(batch)] = (actor, batch)
-            (ref,), _ = ray.wait(list(running), num_returns=1)
-            actor, batch = running.pop(ref)
-            try:
-                done += ray.get(ref)
-                idle.append(actor)
-            except ray.exceptions.RayActorError as exc:
-                log.warning("%s: a worker died on %s: %s", stage.name, ", ".join(t.uri for t in batch), _first_line(exc))
-                idle.append(self._replace(stage, actor))
-                for task in batch:
-                    crashes[task.video_id] = crashes.get(task.video_id, 0) + 1
-                    if crashes[task.video_id] < 2:
-                        queue.append([task])
-                    else:
-                        task.fail(stage.name, _worker_died(exc))
-                        task.seconds.setdefault(stage.name, 0.0)
-                        done.append(task)
-        return done
 
     def _replace(self, stage: Stage, dead) -> object:
         """A new actor, set up, in place of ``dead`` in the stage's pool (the same one for every call that
