@@ -25,7 +25,7 @@ from pipeline.executor import RayExecutor, ensure_ray
 from pipeline.stages.base import Stage
 from pipeline.task import VideoTask
 
-SECONDS_PER_VIDEO = {"transcribe": 0.10, "caption": 0.06, "embed": 0.03, "summarize": 0.08}
+SECONDS_PER_VIDEO = {"asr": 0.10, "caption": 0.06, "embedding": 0.03, "summary": 0.08}
 
 
 @dataclass

@@ -80,7 +80,7 @@ def build_output(root: str, rows: int, dim: int, shard_rows: int, rng: np.random
         vectors = _unit(centres[rng.integers(0, len(centres), size)] + 0.7 * rng.standard_normal((size, dim), np.float32))
         tables = {"videos": VIDEOS.empty_table(), "keyframes": _keyframes(start, vectors),
                   "segments": SEGMENTS.empty_table(), "summaries": SUMMARIES.empty_table()}
-        output.write_shard(f"{n:016x}", tables, ShardManifest(models={"embedder": MODEL}, embedding_dim=dim))
+        output.write_shard(f"{n:016x}", tables, ShardManifest(models={"embedding": MODEL}, embedding_dim=dim))
         parts.append(vectors)
     return np.concatenate(parts)
 

@@ -8,12 +8,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from schemas import SCHEMA_VERSION
+from schemas import OLD_ROLE_NAMES, ROLES, SCHEMA_VERSION
+
+log = logging.getLogger(__name__)
 
 PIPELINE_VERSION = "0.1.0"
 
@@ -53,10 +56,12 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class Models:
+    """One spec per role (``schemas.ROLES``)."""
+
     asr: ModelSpec
-    captioner: ModelSpec
-    embedder: ModelSpec
-    summarizer: ModelSpec
+    caption: ModelSpec
+    embedding: ModelSpec
+    summary: ModelSpec
 
 
 @dataclass(frozen=True)
@@ -99,18 +104,18 @@ def _tiny_models() -> Models:
     return Models(
         # Random weights never say "end of text": one temperature, so that no window is decoded six times.
         asr=ModelSpec("tiny:whisper", batch_size=8, max_new_tokens=24, options={"temperatures": [0.0]}),
-        captioner=ModelSpec("tiny:blip2", batch_size=8, max_new_tokens=12),
-        embedder=ModelSpec("tiny:clip", batch_size=16),
-        summarizer=ModelSpec("tiny:llm", batch_size=4, max_new_tokens=128, options={"context_tokens": 1024}),
+        caption=ModelSpec("tiny:blip2", batch_size=8, max_new_tokens=12),
+        embedding=ModelSpec("tiny:clip", batch_size=16),
+        summary=ModelSpec("tiny:llm", batch_size=4, max_new_tokens=128, options={"context_tokens": 1024}),
     )
 
 
 def _cpu_models() -> Models:
     return Models(
         asr=ModelSpec("base", batch_size=4, max_new_tokens=224, stage_batch_size=2),
-        captioner=ModelSpec("Salesforce/blip2-opt-2.7b", batch_size=2, max_new_tokens=30),
-        embedder=ModelSpec("openai/clip-vit-base-patch32", batch_size=16),
-        summarizer=ModelSpec(
+        caption=ModelSpec("Salesforce/blip2-opt-2.7b", batch_size=2, max_new_tokens=30),
+        embedding=ModelSpec("openai/clip-vit-base-patch32", batch_size=16),
+        summary=ModelSpec(
             "Qwen/Qwen2.5-0.5B-Instruct", batch_size=4, max_new_tokens=1536, options={"context_tokens": 8192}
         ),
     )
@@ -119,9 +124,9 @@ def _cpu_models() -> Models:
 def _gpu_models() -> Models:
     return Models(
         asr=ModelSpec("large-v3-turbo", batch_size=16, max_new_tokens=224, stage_batch_size=8),
-        captioner=ModelSpec("Salesforce/blip2-opt-2.7b", batch_size=32, max_new_tokens=30),
-        embedder=ModelSpec("openai/clip-vit-large-patch14", batch_size=128),
-        summarizer=ModelSpec(
+        caption=ModelSpec("Salesforce/blip2-opt-2.7b", batch_size=32, max_new_tokens=30),
+        embedding=ModelSpec("openai/clip-vit-large-patch14", batch_size=128),
+        summary=ModelSpec(
             "Qwen/Qwen2.5-7B-Instruct", batch_size=16, max_new_tokens=2048, options={"context_tokens": 32768}
         ),
     )
@@ -214,8 +219,11 @@ def load_config(
     models = PROFILES[profile]()
     model_overrides = file_values.pop("models", {}) or {}
     for role, spec in model_overrides.items():
-        if role not in ("asr", "captioner", "embedder", "summarizer"):
-            raise ConfigError(f"unknown model role {role!r} in config file")
+        if role in OLD_ROLE_NAMES:
+            log.warning("config: models.%s is now called models.%s", role, OLD_ROLE_NAMES[role])
+            role = OLD_ROLE_NAMES[role]
+        if role not in ROLES:
+            raise ConfigError(f"unknown model role {role!r} in config file; roles are {', '.join(ROLES)}")
         base = dataclasses.asdict(getattr(models, role))
         base.update(spec or {})
         models = dataclasses.replace(models, **{role: _build(ModelSpec, base, f"models.{role}")})

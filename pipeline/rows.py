@@ -61,8 +61,8 @@ def build_tables(
                     "scene_score": f.scene_score,
                     "image": f.jpeg,
                     "caption": f.caption,
-                    "caption_model": t.models.get("captioner"),
-                    "embedding_model": t.models.get("embedder"),
+                    "caption_model": t.models.get("caption"),
+                    "embedding_model": t.models.get("embedding"),
                     **prov,
                 }
             )
@@ -88,9 +88,9 @@ def build_tables(
                 "summary": s.summary if s else None,
                 "timeline": s.timeline if s else [],
                 "status": s.status if s else "error",
-                "raw": s.raw if s else "summarize: no summary was produced",
+                "raw": s.raw if s else "summary: no summary was produced",
                 "chunks": s.chunks if s else 0,
-                "summary_model": t.models.get("summarizer", model_names.get("summarizer", "")),
+                "summary_model": t.models.get("summary", model_names.get("summary", "")),
                 **prov,
             }
         )

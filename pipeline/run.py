@@ -24,6 +24,7 @@ from pipeline.stages.summarize import LlmSummarizer
 from pipeline.stages.transcribe import WhisperTranscriber
 from pipeline.tables import Output
 from pipeline.task import VideoTask
+from schemas import ROLES
 from schemas.manifest import ModelRef, ShardManifest, StageStats, VideoEntry
 from schemas.plan import ShardPlan
 
@@ -54,9 +55,9 @@ def build_stages(config: RunConfig) -> tuple[MediaDecoder, list[ModelStage]]:
     m = config.models
     stages: list[ModelStage] = [
         WhisperTranscriber(spec=m.asr, **common),
-        Blip2Captioner(spec=m.captioner, **common),
-        ClipEmbedder(spec=m.embedder, **common),
-        LlmSummarizer(spec=m.summarizer, **common),
+        Blip2Captioner(spec=m.caption, **common),
+        ClipEmbedder(spec=m.embedding, **common),
+        LlmSummarizer(spec=m.summary, **common),
     ]
     for stage in stages:
         if config.device == "cpu":
@@ -156,7 +157,7 @@ def _execute(
     return summary
 
 
-STAGES = ("decode", "transcribe", "caption", "embed", "summarize")
+STAGES = ("decode", *ROLES)
 
 
 def stage_stats(tasks: list[VideoTask]) -> dict[str, StageStats]:
@@ -175,13 +176,8 @@ def stage_stats(tasks: list[VideoTask]) -> dict[str, StageStats]:
 def _write(
     output: Output, config: RunConfig, shard: Shard, tasks: list[VideoTask], model_info: dict,
 ) -> ShardManifest:
-    names = {
-        "asr": model_info["transcribe"]["name"],
-        "captioner": model_info["caption"]["name"],
-        "embedder": model_info["embed"]["name"],
-        "summarizer": model_info["summarize"]["name"],
-    }
-    dim = model_info["embed"]["dim"]
+    names = {role: model_info[role]["name"] for role in ROLES}
+    dim = model_info["embedding"]["dim"]
     fingerprint = config.fingerprint()
     now = dt.datetime.now(dt.timezone.utc)
     tables = build_tables(

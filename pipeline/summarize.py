@@ -137,7 +137,7 @@ def _steps(llm: ChatLlm, video: VideoText, max_new_tokens: int) -> Generator[lis
     duration_s = video.duration_s
     lines = timeline_lines(video.captions, video.segments)
     if not lines:
-        return SummaryResult(None, None, [], "error", "summarize: no captions and no transcript to summarise", 0)
+        return SummaryResult(None, None, [], "error", "summary: no captions and no transcript to summarise", 0)
     text = "".join(line for _, line in lines)
     # Text that takes more than a token a character (scripts a tokenizer splits into bytes) is answered in
     # kind: the length bounds shrink so that the answer still fits.

@@ -6,6 +6,13 @@ import pyarrow as pa
 
 SCHEMA_VERSION = "2"  # 2: keyframes lost the error column that nothing ever filled
 
+# The model roles: one name each, the same in config (``models.<role>``), stage names, task fields, manifests
+# and the tables' ``<role>_model`` columns.
+ROLES = ("asr", "caption", "embedding", "summary")
+# What the roles were called before they had one name each; configs and manifests written then still read.
+OLD_ROLE_NAMES = {"captioner": "caption", "embedder": "embedding", "summarizer": "summary",
+                  "transcribe": "asr", "embed": "embedding", "summarize": "summary"}
+
 _PROVENANCE = [
     pa.field("pipeline_version", pa.string(), nullable=False),
     pa.field("config_fingerprint", pa.string(), nullable=False),

@@ -10,6 +10,8 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
 
+from schemas import OLD_ROLE_NAMES
+
 
 @dataclass(frozen=True)
 class TableFile:
@@ -73,11 +75,17 @@ class ShardManifest:
         values = {k: v for k, v in data.items() if k in known}
         values["videos"] = tuple(_build(VideoEntry, v) for v in data.get("videos", []))
         values["files"] = {t: _build(TableFile, f) for t, f in data.get("files", {}).items()}
-        values["model_refs"] = {role: _build(ModelRef, r) for role, r in (data.get("model_refs") or {}).items()}
+        values["models"] = {_role(k): v for k, v in (data.get("models") or {}).items()}
+        values["model_refs"] = {_role(k): _build(ModelRef, r) for k, r in (data.get("model_refs") or {}).items()}
         values["stages"] = {
-            name: StageStats(s["in"], s["ok"], s["failed"], s["seconds"]) for name, s in (data.get("stages") or {}).items()
+            _role(k): StageStats(s["in"], s["ok"], s["failed"], s["seconds"]) for k, s in (data.get("stages") or {}).items()
         }
         return cls(**values)
+
+
+def _role(name: str) -> str:
+    """A role or stage by its one name, also when an older manifest wrote another."""
+    return OLD_ROLE_NAMES.get(name, name)
 
 
 def _build(cls, values: Mapping[str, Any]):

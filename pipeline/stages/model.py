@@ -21,7 +21,7 @@ class ModelStage(Stage):
     the stage's."""
 
     spec: ModelSpec = field(default_factory=lambda: ModelSpec("unset"))
-    role: str = ""
+    family: str = ""  # the architecture (whisper, blip2, clip, llm): how tiny builds and conversions go
     cache_dir: str = ""
     storage_options: Mapping[str, Any] = field(default_factory=dict)
 
@@ -33,7 +33,7 @@ class ModelStage(Stage):
     def setup(self, device: str) -> None:
         from pipeline.models.store import resolve
 
-        path = resolve(self.spec.ref, self.role, self.cache_dir, self.spec.revision, dict(self.storage_options))
+        path = resolve(self.spec.ref, self.family, self.cache_dir, self.spec.revision, dict(self.storage_options))
         self.model = self.load(path, device)
 
     def load(self, path: str, device: str) -> Any:

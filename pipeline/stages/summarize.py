@@ -13,8 +13,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class LlmSummarizer(ModelStage):
-    name: str = "summarize"
-    role: str = "llm"
+    name: str = "summary"
+    family: str = "llm"
     resources: Resources = field(default_factory=lambda: Resources(cpus=0.25, gpus=0.3))
     batch_size: int = 16  # videos per call
 
@@ -47,4 +47,4 @@ class LlmSummarizer(ModelStage):
             if summary.status == "error":
                 log.warning("summary failed for %s: %s", task.uri, summary.raw)
             task.summary = summary
-            task.models["summarizer"] = self.model_name
+            task.models[self.name] = self.model_name

@@ -13,8 +13,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class WhisperTranscriber(ModelStage):
-    name: str = "transcribe"
-    role: str = "whisper"
+    name: str = "asr"
+    family: str = "whisper"
     resources: Resources = field(default_factory=lambda: Resources(cpus=0.25, gpus=0.3))
     batch_size: int = 4  # videos per call
 
@@ -35,5 +35,5 @@ class WhisperTranscriber(ModelStage):
         for task, transcript in zip(tasks, transcripts):
             task.language = transcript.language
             task.segments = list(transcript.segments)
-            task.models["asr"] = self.model_name
+            task.models[self.name] = self.model_name
             task.audio = None  # the largest thing a task carries; nothing after this needs it

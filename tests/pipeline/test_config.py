@@ -6,7 +6,7 @@ from pipeline.config import ConfigError, KeyframeSettings, ModelSpec, load_confi
 def test_profiles_name_every_role():
     for profile in ("tiny", "cpu", "gpu"):
         cfg = load_config("in", "out", profile)
-        assert {cfg.models.asr.ref, cfg.models.captioner.ref, cfg.models.embedder.ref, cfg.models.summarizer.ref}
+        assert {cfg.models.asr.ref, cfg.models.caption.ref, cfg.models.embedding.ref, cfg.models.summary.ref}
         assert cfg.profile == profile
 
 
@@ -18,12 +18,12 @@ def test_unknown_profile_is_one_line():
 def test_yaml_overrides_models_and_keyframes(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text(
-        "models:\n  summarizer: {ref: my-model, endpoint: 'http://127.0.0.1:8000/v1'}\n"
+        "models:\n  summary: {ref: my-model, endpoint: 'http://127.0.0.1:8000/v1'}\n"
         "keyframes: {max_keyframes: 5}\nshard_size: 3\n"
     )
     cfg = load_config("in", "out", "tiny", str(f))
-    assert cfg.models.summarizer.endpoint == "http://127.0.0.1:8000/v1"
-    assert cfg.models.summarizer.ref == "my-model"
+    assert cfg.models.summary.endpoint == "http://127.0.0.1:8000/v1"
+    assert cfg.models.summary.ref == "my-model"
     assert cfg.models.asr.ref == "tiny:whisper"
     assert cfg.keyframes.max_keyframes == 5 and cfg.shard_size == 3
 
@@ -60,3 +60,18 @@ def test_validation_on_construction():
         ModelSpec("x", batch_size=0)
     with pytest.raises(ConfigError):
         KeyframeSettings(scene_threshold=0)
+
+
+def test_old_role_names_still_configure_their_role(tmp_path, caplog):
+    f = tmp_path / "c.yaml"
+    f.write_text("models:\n  summarizer: {ref: my-model}\n  embedder: {batch_size: 3}\n")
+    cfg = load_config("in", "out", "tiny", str(f))
+    assert cfg.models.summary.ref == "my-model" and cfg.models.embedding.batch_size == 3
+    assert "models.summarizer is now called models.summary" in caplog.text
+
+
+def test_unknown_role_names_the_roles(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("models:\n  ocr: {ref: x}\n")
+    with pytest.raises(ConfigError, match="roles are asr, caption, embedding, summary"):
+        load_config("in", "out", "tiny", str(f))

@@ -59,7 +59,7 @@ def _commit(output, shard_uri, opts=None):
         tasks.append(task)
     fingerprint = plan["config_fingerprint"]
     tables = build_tables(tasks, shard_id=shard["shard_id"], config_fingerprint=fingerprint, embedding_dim=4,
-                          model_names={"asr": "w", "summarizer": "l"}, processed_at=dt.datetime.now(UTC))
+                          model_names={"asr": "w", "summary": "l"}, processed_at=dt.datetime.now(UTC))
     manifest = ShardManifest(
         config_fingerprint=fingerprint, embedding_dim=4,
         videos=tuple(VideoEntry(i.video_id, i.input_fingerprint, i.uri, "failed") for i in items),

@@ -89,9 +89,9 @@ def test_tables_conform_and_carry_the_content(first_run):
         assert s["status"] == "ok" and s["summary"]
     manifests = out.manifests()
     assert all(m.schema_version == SCHEMA_VERSION and m.config_fingerprint == config.fingerprint() for m in manifests)
-    assert manifests[0].model_refs["embedder"] == ModelRef("tiny:clip", name="tiny:clip")
-    # Search finds the embedder's ref by the name the keyframes record, in the manifests as written.
-    moved = dataclasses.replace(manifests[0], model_refs={"embedder": ModelRef("s3://m/clip", name="tiny:clip")})
+    assert manifests[0].model_refs["embedding"] == ModelRef("tiny:clip", name="tiny:clip")
+    # Search finds the embedding model's ref by the name the keyframes record, in the manifests as written.
+    moved = dataclasses.replace(manifests[0], model_refs={"embedding": ModelRef("s3://m/clip", name="tiny:clip")})
     assert model_ref("tiny:clip", [moved]) == ("s3://m/clip", None)
     assert summary.keyframes == keyframes.num_rows and summary.summaries == 2
     # Per stage: what it took in, what came out ok, what it failed and why, summed over the shards.
@@ -101,9 +101,9 @@ def test_tables_conform_and_carry_the_content(first_run):
     for s in stages:
         reasons.update(s["decode"].failed)
     assert sum(reasons.values()) == 4 and any("moov atom not found" in r for r in reasons)
-    assert sum(s["summarize"].taken for s in stages) == 2 and all(s["caption"].failed == {} for s in stages)
+    assert sum(s["summary"].taken for s in stages) == 2 and all(s["caption"].failed == {} for s in stages)
     assert all(st.seconds >= 0 for s in stages for st in s.values())
-    assert set(summary.stage_seconds) >= {"decode", "transcribe", "caption", "embed", "summarize", "write"}
+    assert set(summary.stage_seconds) >= {"decode", "asr", "caption", "embedding", "summary", "write"}
 
 
 def test_second_run_is_a_noop_and_force_redoes_without_duplicates(first_run):

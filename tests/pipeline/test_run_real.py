@@ -1,7 +1,7 @@
 """End to end on real weights: spoken videos through `pipeline.run.run`, judged by what the tables say.
 
 Whisper base (the bundled CTranslate2 weights, converted for openai-whisper) transcribes and SmolLM2-135M
-(the bundled GGUF) summarises; the captioner and embedder stay tiny, as no real weights for them can be had
+(the bundled GGUF) summarises; the caption and embedding models stay tiny, as no real weights for them can be had
 here. The talk's transcript is scored against the script it was spoken from, and against openai-whisper's
 ``transcribe`` and faster-whisper's batched pipeline run on the very same audio with the same weights.
 """
@@ -43,7 +43,7 @@ def real_run(spoken, tmp_path_factory, ray_session, model_cache, real_weights):
     gguf = real_weights("smollm2-135m-instruct") / "SmolLM2-135M-Instruct.Q4_1.gguf"
     config_file.write_text(yaml.safe_dump({"models": {
         "asr": {"ref": str(real_weights("whisper-base")), "max_new_tokens": 224, "options": {}},
-        "summarizer": {"ref": str(gguf), "max_new_tokens": 512, "options": {"context_tokens": 2048}},
+        "summary": {"ref": str(gguf), "max_new_tokens": 512, "options": {"context_tokens": 2048}},
     }}))
     config = load_config(str(folder), str(out), "tiny", str(config_file), cache_dir=model_cache)
     summary = run(config)

@@ -30,11 +30,11 @@ def _tables(shard_id="0123456789abcdef", dim=4):
     ok.language = "en"
     ok.summary = SummaryResult(title="T", summary="S", timeline=[{"timestamp_s": 1.0, "text": "x"}],
                                status="ok", raw=None, chunks=1)
-    ok.models = {"asr": "w", "captioner": "b", "embedder": "c", "summarizer": "l"}
+    ok.models = {"asr": "w", "caption": "b", "embedding": "c", "summary": "l"}
     bad = VideoTask("v2", "file:///b.mp4", "fp2", 0)
     bad.fail("decode", "empty file (0 bytes)")
     return build_tables([ok, bad], shard_id=shard_id, config_fingerprint="cfg", embedding_dim=dim,
-                        model_names={"asr": "w", "summarizer": "l"}, processed_at=NOW)
+                        model_names={"asr": "w", "summary": "l"}, processed_at=NOW)
 
 
 def test_rows_follow_the_schemas():
@@ -103,3 +103,16 @@ def test_s3_commit_is_a_conditional_put(s3):
     with pytest.raises(FileExistsError):
         fs.pipe_file(f"{bucket}/tables/_manifests/shard-0123456789abcdef.json", b"{}", mode="create")
     assert out.read_table("keyframes").num_rows == 2
+
+
+def test_manifests_of_older_runs_read_with_todays_role_names():
+    old = (
+        '{"config_fingerprint": "f", "models": {"asr": "w", "embedder": "c"}, '
+        '"model_refs": {"embedder": {"ref": "tiny:clip", "name": "tiny:clip"}}, '
+        '"stages": {"transcribe": {"in": 2, "ok": 1, "failed": {"x": 1}, "seconds": 0.5}}}'
+    )
+    m = ShardManifest.from_json(old)
+    assert m.models == {"asr": "w", "embedding": "c"}
+    assert m.model_refs["embedding"].ref == "tiny:clip"
+    assert m.stages["asr"].taken == 2 and m.stages["asr"].failed == {"x": 1}
+    assert ShardManifest.from_json(m.to_json()) == m

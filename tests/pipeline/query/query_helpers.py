@@ -68,7 +68,7 @@ def _video(name, scenes, speech, summary, duration=12.0) -> VideoTask:
     title, text, timeline = summary
     t.summary = SimpleNamespace(title=title, summary=text, timeline=[{"timestamp_s": a, "text": x} for a, x in timeline],
                                 status="ok", raw=None, chunks=1)
-    t.models = {"asr": "test:asr", "captioner": "test:captioner", "embedder": MODEL, "summarizer": "test:llm"}
+    t.models = {"asr": "test:asr", "caption": "test:caption", "embedding": MODEL, "summary": "test:llm"}
     return t
 
 
@@ -95,6 +95,6 @@ def archive_tasks() -> list[list[VideoTask]]:
 def write_archive(output: Output, shards=None) -> Output:
     for n, tasks in enumerate(shards or archive_tasks()):
         tables = build_tables(tasks, shard_id=f"{n:016x}", config_fingerprint="cfg", embedding_dim=DIM,
-                              model_names={"asr": "test:asr", "summarizer": "test:llm"}, processed_at=NOW)
-        output.write_shard(f"{n:016x}", tables, ShardManifest(models={"embedder": MODEL}, embedding_dim=DIM, profile="test"))
+                              model_names={"asr": "test:asr", "summary": "test:llm"}, processed_at=NOW)
+        output.write_shard(f"{n:016x}", tables, ShardManifest(models={"embedding": MODEL}, embedding_dim=DIM, profile="test"))
     return output

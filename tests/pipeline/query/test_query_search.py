@@ -79,7 +79,7 @@ def test_an_encoder_of_another_dimension_is_refused(find):
 def test_several_stored_models_need_a_choice(tmp_path):
     shards = archive_tasks()
     for t in shards[1]:
-        t.models["embedder"] = "test:other"
+        t.models["embedding"] = "test:other"
     write_archive(Output(str(tmp_path)), shards)
     snapshot = open_snapshot(str(tmp_path))
     with connect(snapshot) as c:

@@ -64,7 +64,7 @@ def test_show_page_carries_every_keyframe(reelscope, tiny_output, tmp_path):
 def test_a_model_of_another_dimension_is_refused(reelscope, tmp_path, model_cache):
     shards = archive_tasks()  # 8-d embeddings, recorded as made by the tiny CLIP, which makes wider ones
     for t in shards[0] + shards[1]:
-        t.models["embedder"] = "tiny:clip"
+        t.models["embedding"] = "tiny:clip"
     write_archive(Output(str(tmp_path / "t")), shards)
     code, _, err = reelscope("search", "red", "--output", tmp_path / "t")
     assert code == 2 and err.startswith("reelscope: error: the query model 'tiny:clip' gives")

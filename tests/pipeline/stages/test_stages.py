@@ -51,12 +51,12 @@ def test_model_stages_skip_failed_tasks_and_fill_ok_ones(decoded, model_cache):
     WhisperTranscriber.process_batch(_stage(WhisperTranscriber, model_cache, "asr"), tasks)
     assert good.audio is None and good.models["asr"] == "tiny:whisper"
     assert all(0 <= s.start_s <= s.end_s <= 3.1 for s in good.segments)
-    _stage(Blip2Captioner, model_cache, "captioner").process_batch(tasks)
-    _stage(ClipEmbedder, model_cache, "embedder").process_batch(tasks)
+    _stage(Blip2Captioner, model_cache, "caption").process_batch(tasks)
+    _stage(ClipEmbedder, model_cache, "embedding").process_batch(tasks)
     assert all(isinstance(f.caption, str) for f in good.frames)
     assert all(f.embedding.shape == good.frames[0].embedding.shape for f in good.frames)
-    _stage(LlmSummarizer, model_cache, "summarizer").process_batch(tasks)
-    assert good.summary.status in ("ok", "invalid_json") and good.models["summarizer"] == "tiny:llm"
+    _stage(LlmSummarizer, model_cache, "summary").process_batch(tasks)
+    assert good.summary.status in ("ok", "invalid_json") and good.models["summary"] == "tiny:llm"
     assert bad.summary is None and bad.error.startswith("decode: ")
 
 
@@ -65,7 +65,7 @@ def test_one_bad_item_fails_alone(decoded, model_cache):
     broken.video_id = "broken"
     for f in broken.frames:
         f.jpeg = b"not a jpeg"
-    _stage(Blip2Captioner, model_cache, "captioner").process_batch([good, broken])
+    _stage(Blip2Captioner, model_cache, "caption").process_batch([good, broken])
     assert good.ok and all(f.caption is not None for f in good.frames)
     assert not broken.ok and broken.error.startswith("caption: ")
 
@@ -76,7 +76,7 @@ def test_stages_declare_resources_and_profiles_override_batches(tmp_path):
 
     _, on_cpu = build_stages(load_config(str(tmp_path), str(tmp_path / "o"), "cpu", device="cpu"))
     _, anywhere = build_stages(load_config(str(tmp_path), str(tmp_path / "o"), "gpu"))
-    assert [s.name for s in on_cpu] == ["transcribe", "caption", "embed", "summarize"]
+    assert [s.name for s in on_cpu] == ["asr", "caption", "embedding", "summary"]
     assert all(s.resources.gpus == 0 and 0 < s.resources.cpus < 1 for s in on_cpu)
     assert sum(s.resources.gpus for s in anywhere) <= 1.0 and all(s.resources.gpus > 0 for s in anywhere)
     # The cpu and gpu profiles size the transcriber's calls; the other stages keep what they declare.
