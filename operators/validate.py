@@ -10,7 +10,8 @@ from operators.common import resolve_storage_options
 
 class ValidateAndPublishOperator(BaseOperator):
     """Calls ``pipeline.orchestrate.validate_and_publish`` on ``plan_uri`` (templated, or an XComArg such
-    as ``listing.output["plan"]``); returns the run manifest's URI. Fails without retrying, listing the
+    as ``listing.output["plan"]``), which repairs the output under the run's lease first (``pipeline.repair``)
+    and releases the lease last; returns the run manifest's URI. Fails without retrying, listing the
     problems, when a schema, a row count or an input does not add up."""
 
     template_fields = ("plan_uri", "storage_options", "aws_conn_id")

@@ -32,7 +32,7 @@ class MediaItem:
     video_id: str  # stable across runs: derived from the URI
     size: int | None
     modified: dt.datetime | None
-    input_fingerprint: str  # changes when the object changes (size, mtime, etag)
+    input_fingerprint: str  # changes when the content changes (size + ETag, or size + content hash)
 
 
 def video_id_for(uri: str) -> str:
@@ -57,19 +57,47 @@ def _modified(info: Mapping[str, Any]) -> dt.datetime | None:
     return None
 
 
+# Files up to this size are hashed whole; larger ones by their head, their tail and evenly spaced blocks
+# between (3 MiB read, however long the video): an edit changes the size, the container's index at one end,
+# or a sampled block.
+WHOLE_HASH_BYTES = 4 * 1024**2
+_END_BYTES = 1024**2
+_SAMPLES, _SAMPLE_BYTES = 16, 64 * 1024
+
+
+def _content_hash(fs, path: str, size: int) -> str:
+    digest = hashlib.sha256()
+    with fs.open(path, "rb") as f:
+        if size <= WHOLE_HASH_BYTES:
+            digest.update(f.read())
+        else:
+            step = (size - 2 * _END_BYTES) // (_SAMPLES + 1)
+            spans = [(0, _END_BYTES), *((_END_BYTES + step * n, _SAMPLE_BYTES) for n in range(1, _SAMPLES + 1)),
+                     (size - _END_BYTES, _END_BYTES)]
+            for offset, length in spans:
+                f.seek(offset)
+                digest.update(f.read(length))
+    return digest.hexdigest()
+
+
+def _fingerprint(fs, path: str, info: Mapping[str, Any]) -> str:
+    """What changes when the content changes, never the time alone (``sample`` or a copy rewrites identical
+    files with new times): the size and the object store's ETag, or the size and a hash of the content."""
+    size = info.get("size")
+    etag = info.get("ETag") or info.get("etag")
+    key = f"etag:{etag}" if etag else f"sha256:{_content_hash(fs, path, size or 0)}"
+    return hashlib.sha256(f"{size}|{key}".encode()).hexdigest()[:16]
+
+
 def _item(fs, path: str, info: Mapping[str, Any] | None = None) -> MediaItem:
     info = info or fs.info(path)
     uri = fs.unstrip_protocol(path)
-    size = info.get("size")
-    modified = _modified(info)
-    etag = info.get("ETag") or info.get("etag") or ""
-    raw = f"{size}|{modified.isoformat() if modified else ''}|{etag}"
     return MediaItem(
         uri=uri,
         video_id=video_id_for(uri),
-        size=size,
-        modified=modified,
-        input_fingerprint=hashlib.sha256(raw.encode()).hexdigest()[:16],
+        size=info.get("size"),
+        modified=_modified(info),
+        input_fingerprint=_fingerprint(fs, path, info),
     )
 
 
@@ -159,44 +187,36 @@ def plan_shards(
 ) -> tuple[list[Shard], int]:
     """Decide which items to (re)process and group them into shards. Returns ``(shards, skipped)``.
 
-    An item is done when a committed manifest holds it with the same input and config fingerprints (and,
-    with ``retry_failed``, it did not fail there: a failure may have been passing, like a storage timeout).
-    Items that a committed shard already holds are regrouped into that same shard, so a rewrite replaces
-    the shard's files under the same names and no row is ever duplicated; new items form new shards.
+    An item is done when the newest committed manifest holding it (any shard: an output damaged by
+    overlapping runs may hold a video twice) holds it with the same input and config fingerprints (and, with
+    ``retry_failed``, it did not fail there: a failure may have been passing, like a storage timeout).
+    An item a committed shard holds is redone in that same shard, alone or with the others redone: the
+    writer keeps the shard's other rows and swaps in the new ones, so no row is duplicated and no shard
+    rewritten whole for one video. New items form new shards.
     """
-    by_video: dict[str, tuple] = {}  # video id -> (its VideoEntry, the manifest holding it)
-    for manifest in committed:
+    holder: dict[str, tuple] = {}  # video id -> (its VideoEntry, the newest manifest holding it)
+    for manifest in sorted(committed, key=lambda m: (m.committed_at or "", m.shard_id)):
         for v in manifest.videos:
-            by_video[v.video_id] = (v, manifest)
-    current = {i.video_id: i for i in items}
-    pending = [
-        i
-        for i in items
-        if force
-        or i.video_id not in by_video
-        or by_video[i.video_id][0].input_fingerprint != i.input_fingerprint
-        or by_video[i.video_id][1].config_fingerprint != config_fingerprint
-        or (retry_failed and by_video[i.video_id][0].status == "failed")
-    ]
-    skipped = len(items) - len(pending)
-    shards: list[Shard] = []
+            holder[v.video_id] = (v, manifest)
+
+    def pending(item: MediaItem) -> bool:
+        if force or item.video_id not in holder:
+            return True
+        entry, manifest = holder[item.video_id]
+        return (
+            entry.input_fingerprint != item.input_fingerprint
+            or manifest.config_fingerprint != config_fingerprint
+            or (retry_failed and entry.status == "failed")
+        )
+
+    todo = [i for i in items if pending(i)]
     regroup: dict[str, list[MediaItem]] = {}
     fresh: list[MediaItem] = []
-    for item in pending:
-        old = by_video.get(item.video_id)
+    for item in todo:
+        old = holder.get(item.video_id)
         (regroup.setdefault(old[1].shard_id, []) if old else fresh).append(item)
-    for old_shard, group in sorted(regroup.items()):
-        # Every still-present member of the old shard is redone with it, so its files stay whole.
-        members = {i.video_id for i in group}
-        for manifest in committed:
-            if manifest.shard_id == old_shard:
-                for v in manifest.videos:
-                    if v.video_id in current and v.video_id not in members:
-                        group.append(current[v.video_id])
-                        members.add(v.video_id)
-                        skipped -= 1
-        shards.append(Shard(old_shard, tuple(sorted(group, key=lambda i: i.uri))))
+    shards = [Shard(sid, tuple(sorted(group, key=lambda i: i.uri))) for sid, group in sorted(regroup.items())]
     for start in range(0, len(fresh), shard_size):
         chunk = tuple(fresh[start : start + shard_size])
         shards.append(Shard(shard_id_for(i.video_id for i in chunk), chunk))
-    return shards, skipped
+    return shards, len(items) - len(todo)

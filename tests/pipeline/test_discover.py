@@ -97,11 +97,11 @@ def test_plan_skips_done_and_regroups_changed(tree):
     # A changed config redoes everything, in the same shards (same files are replaced, nothing duplicated).
     redo, skipped = plan_shards(items, committed, "c2", shard_size=2)
     assert skipped == 0 and [s.shard_id for s in redo] == sorted(s.shard_id for s in shards)
-    # A changed file redoes its whole shard; force redoes all.
+    # A changed file is redone alone in its shard (the writer keeps the shard's other rows); force redoes all.
     changed = [i if i.video_id != shards[0].items[0].video_id else type(i)(i.uri, i.video_id, 99, i.modified, "new") for i in items]
     redo, skipped = plan_shards(changed, committed, "c1", shard_size=2)
-    assert [s.shard_id for s in redo] == [shards[0].shard_id] and skipped == 1
-    assert len(redo[0].items) == 2
+    assert [s.shard_id for s in redo] == [shards[0].shard_id] and skipped == len(items) - 1
+    assert [i.video_id for i in redo[0].items] == [shards[0].items[0].video_id]
     forced, skipped = plan_shards(items, committed, "c1", shard_size=2, force=True)
     assert sorted(s.shard_id for s in forced) == sorted(s.shard_id for s in shards) and skipped == 0
 
