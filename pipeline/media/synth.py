@@ -3,11 +3,17 @@
 Colours are solid ffmpeg colour sources, so a scene change is an exact frame and a known difference.
 Scene cuts are kept inside one GOP (large ``gop``, encoder scene-cut detection off), which is what makes
 codec keyframes useless for finding them, as in real footage with long GOPs.
+
+Encoding is bit-exact, and a file whose new bytes equal the old ones is left alone (``_replace_if_changed``):
+writing the samples again changes nothing on disk, times included.
 """
 from __future__ import annotations
 
+import filecmp
 import logging
+import os
 from pathlib import Path
+from typing import Callable
 
 import ffmpeg
 
@@ -38,7 +44,6 @@ def make_video(
     if rotate % 90:
         raise ValueError(f"rotate must be a multiple of 90, got {rotate}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     total = sum(seconds for _, seconds in scenes)
     w, h = size
     if test_pattern:
@@ -48,14 +53,18 @@ def make_video(
     streams = [video]
     if tone_hz is not None:
         streams.append(_tone(tone_hz, total))
-    encoded = path.with_name(f".{path.stem}.encoding{path.suffix}") if rotate % 360 else path
-    _encode(streams, encoded, codec=codec, gop=gop, audio=tone_hz is not None)
-    if rotate % 360:
-        # An encode would turn the picture itself; the matrix can only be attached by a stream copy.
-        try:
-            ff.run(ffmpeg.input(str(encoded), display_rotation=-rotate).output(str(path), c="copy"), what="rotate")
-        finally:
-            encoded.unlink(missing_ok=True)
+
+    def write(target: Path) -> None:
+        encoded = target.with_name(f".{target.stem}.encoding{target.suffix}") if rotate % 360 else target
+        _encode(streams, encoded, codec=codec, gop=gop, audio=tone_hz is not None)
+        if rotate % 360:
+            # An encode would turn the picture itself; the matrix can only be attached by a stream copy.
+            try:
+                ff.run(ffmpeg.input(str(encoded), display_rotation=-rotate).output(str(target), c="copy"), what="rotate")
+            finally:
+                encoded.unlink(missing_ok=True)
+
+    _replace_if_changed(path, write)
     log.debug("wrote %s (%.1f s)", path, total)
     return path
 
@@ -66,9 +75,9 @@ def make_vfr_video(path, segments: list[tuple[str, float, float]], size: tuple[i
     if not segments:
         raise ValueError("make_vfr_video needs at least one segment")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     video = _concat([_colour(c, s, rate, size) for c, s, rate in segments])
-    _encode([video], path, codec="libx264", gop=250, audio=False, fps_mode="passthrough")
+    _replace_if_changed(path, lambda target: _encode([video], target, codec="libx264", gop=250, audio=False,
+                                                     fps_mode="passthrough"))
     return path
 
 
@@ -88,10 +97,29 @@ def write_samples(directory) -> list[Path]:
         from pipeline.media.speech import lay_out, write_talk
 
         audio, _ = lay_out([(0.5, "Welcome to the kitchen."), (3.0, "Today we bake bread.")], 6.0)
-        paths.append(write_talk(directory / "talk.mp4", audio, [("teal", 3.0), ("orange", 3.0)], size=(320, 240)))
+        talk = directory / "talk.mp4"
+        paths.append(_replace_if_changed(talk, lambda target: write_talk(target, audio, [("teal", 3.0), ("orange", 3.0)],
+                                                                         size=(320, 240))))
     else:
         log.warning("espeak-ng is not installed: the samples hold no speech (apt-get install espeak-ng)")
     return paths
+
+
+def _replace_if_changed(path: Path, write: Callable[[Path], object]) -> Path:
+    """``write(target)`` into a temporary file beside ``path``, then put it in place only when its bytes
+    differ from the file already there: an identical file keeps its times (``make demo`` twice redoes
+    nothing), and a half-written file is never seen under the real name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.new{path.suffix}")
+    try:
+        write(tmp)
+        if path.is_file() and filecmp.cmp(tmp, path, shallow=False):
+            log.debug("%s is unchanged", path)
+        else:
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 def _colour(colour: str, seconds: float, fps: float, size: tuple[int, int]):

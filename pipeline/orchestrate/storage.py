@@ -5,11 +5,27 @@ botocore already reads ``AWS_*`` variables where the code runs; turning them int
 because the options travel inside the ``RunConfig`` to Ray workers, which may run on machines (or in
 processes started earlier) that do not share the orchestrator's environment. ``without_secrets`` strips
 credentials wherever options become visible, as in a Ray Job's command line.
+
+``with_s3_defaults`` puts time limits under whatever the user gives: by default a stalled endpoint is
+retried for minutes (s3fs tries each call 5 times, botocore each try up to 5 times, each read waits 15 s);
+a run should fail in under a minute and say why.
 """
 from __future__ import annotations
 
+import copy
 import os
+import re
 from typing import Any, Mapping
+
+# s3fs tries every call 5 times itself (a fixed number: its ``retries`` is not an option), so botocore makes
+# one attempt per try: a stalled endpoint fails after 5 x 10 s plus 1 s of back-off, a refused connection at
+# once. Each value can be set in the storage options (``config_kwargs``), key by key.
+S3_DEFAULTS: Mapping[str, Any] = {
+    "config_kwargs": {"connect_timeout": 5, "read_timeout": 10, "retries": {"total_max_attempts": 1, "mode": "standard"}},
+}
+# Option names that hold credentials in s3fs, botocore, Airflow connections and other fsspec backends.
+_SECRET = re.compile(r"^(key|secret|token|username)$|secret|token|password|passwd|credential|access_key|private_key|"
+                     r"api_key|account_key|customer_?key|sas|auth", re.IGNORECASE)
 
 
 def merge_storage_options(*layers: Mapping[str, Any] | None) -> dict:
@@ -73,6 +89,20 @@ def storage_options_from_connection(
     return opts
 
 
-def without_secrets(options: Mapping[str, Any]) -> dict:
-    """Options safe to show in a job's command line or a log: credentials removed."""
-    return {k: v for k, v in options.items() if k not in ("key", "secret", "token", "password")}
+def with_s3_defaults(options: Mapping[str, Any] | None, *uris: str) -> dict:
+    """``options`` over ``S3_DEFAULTS`` when any of ``uris`` is on S3 (key by key: a user's ``read_timeout``
+    keeps the default ``connect_timeout``); unchanged otherwise, since other backends refuse these keys."""
+    if not any(str(u).startswith(("s3://", "s3a://")) for u in uris):
+        return dict(options or {})
+    # A copy: botocore rewrites the ``retries`` mapping it is given in place.
+    return merge_storage_options(copy.deepcopy(S3_DEFAULTS), options)
+
+
+def without_secrets(options: Any) -> Any:
+    """Options safe to show in a job's command line, a log or an error: every key that names a credential
+    removed at any depth (``key``, ``client_kwargs.aws_secret_access_key``, ``config_kwargs...token``)."""
+    if isinstance(options, Mapping):
+        return {k: without_secrets(v) for k, v in options.items() if not _SECRET.search(str(k))}
+    if isinstance(options, (list, tuple)):
+        return [without_secrets(v) for v in options]
+    return options

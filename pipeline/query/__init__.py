@@ -5,14 +5,11 @@ of committed shards even while a writer commits new ones.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 from pipeline.tables import Output, OutputError
 from schemas import TABLES
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class QueryError(ValueError):
@@ -57,9 +54,13 @@ def open_snapshot(uri: str, storage_options: Mapping[str, Any] | None = None) ->
     return Snapshot(output, tuple(manifests))
 
 
-def printable(text: str | None) -> str:
-    """Text safe for a terminal: model output may hold control characters, which would drive it instead."""
-    return _CONTROL.sub(" ", text or "")
+TINY_NOTE = ("note: these tables were made with the tiny profile, whose models have random weights: "
+             "their captions, transcripts and summaries are noise")
+
+
+def made_with_tiny(manifests) -> bool:
+    """Whether any shard was made with the ``tiny`` profile, whose text output means nothing."""
+    return any(getattr(m, "profile", None) == "tiny" for m in manifests)
 
 
 def fmt_time(seconds: float) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import duckdb
 
@@ -160,7 +160,8 @@ def _moment_time(acc: _Acc) -> float:
     return acc.anchor[1] if acc.anchor else 0.0
 
 
-def _visual(con, snapshot: Snapshot, text, image, model, encoder, cache_dir: str, n: int) -> list[_Candidate] | None:
+def _visual(con, snapshot: Snapshot, text, image, model, encoder, cache_dir: str, n: int,
+            progress: Callable[[str], None]) -> list[_Candidate] | None:
     """Keyframes nearest the query's embedding; None when no keyframe has one (words can still search)."""
     models = embedding_models(con)
     name = choose_model(models, model) if models or model is not None else None
@@ -173,6 +174,7 @@ def _visual(con, snapshot: Snapshot, text, image, model, encoder, cache_dir: str
     if encoder is None:
         from pipeline.query.encoder import load_encoder
 
+        progress(f"loading the embedder {name} …")  # seconds of silence otherwise, for a real CLIP
         encoder = load_encoder(name, dim, snapshot.manifests, cache_dir, snapshot.output.storage_options)
     vector = encoder.embed_images([image])[0] if image is not None else encoder.embed_texts([text])[0]
     if len(vector) != dim:
@@ -190,11 +192,13 @@ def search(
     model: str | None = None,
     encoder: Encoder | None = None,
     cache_dir: str | None = None,
+    progress: Callable[[str], None] = lambda message: None,
 ) -> list[Moment]:
     """The ``k`` best moments for a text query, an image (a PIL image), or both.
 
     ``encoder`` defaults to the stored embedding model, loaded from provenance (see ``pipeline.query.encoder``);
-    ``cache_dir`` holds that model and the keyframe vectors (see ``pipeline.query.vectors``).
+    ``cache_dir`` holds that model and the keyframe vectors (see ``pipeline.query.vectors``); ``progress``
+    hears what takes time (loading the model).
     """
     if k < 1:
         raise QueryError(f"--k must be >= 1, got {k}")
@@ -203,7 +207,7 @@ def search(
         raise QueryError("nothing to search for: give a query with words in it, or --image")
     n = max(100, 10 * k)
     ranked: dict[str, list[_Candidate]] = {}
-    visual = _visual(con, snapshot, text, image, model, encoder, str(cache_dir or default_cache_dir()), n)
+    visual = _visual(con, snapshot, text, image, model, encoder, str(cache_dir or default_cache_dir()), n, progress)
     if visual is not None:
         ranked["visual"] = visual
     if terms:
@@ -248,10 +252,11 @@ def print_moments(console, moments: Sequence[Moment]) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    from pipeline.query import fmt_time, printable
+    from pipeline.query import fmt_time
+    from pipeline.safe_text import safe
 
-    rows = [(str(i), m.uri.rsplit("/", 1)[-1] or m.video_id, fmt_time(m.timestamp_s), f"{m.score:.3f}",
-             " ".join(f"{s} {v:.2f}" for s, v in m.signals.items()), printable(m.caption), printable(m.transcript))
+    rows = [(str(i), safe(m.uri.rsplit("/", 1)[-1] or m.video_id), fmt_time(m.timestamp_s), f"{m.score:.3f}",
+             " ".join(f"{s} {v:.2f}" for s, v in m.signals.items()), safe(m.caption), safe(m.transcript))
             for i, m in enumerate(moments, 1)]
     headers = ("#", "video", "time", "score", "signals", "caption", "transcript")
     # Fixed widths for the short columns, so that only caption and transcript give way on a narrow terminal.

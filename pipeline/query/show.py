@@ -7,7 +7,8 @@ import duckdb
 from rich.console import Console
 from rich.text import Text
 
-from pipeline.query import QueryError, fmt_time, printable
+from pipeline.query import QueryError, fmt_time
+from pipeline.safe_text import safe_text
 
 
 @dataclass
@@ -67,24 +68,24 @@ def summary_line(d: VideoDigest) -> str:
 
 
 def print_video(console: Console, d: VideoDigest) -> None:
+    """The video's line, its summary, then keyframes and speech on one time line; data text escaped."""
     v = d.video
-    console.print(Text(d.name, style="bold"), Text(f"  {v['video_id']}  {v['uri']}", style="dim"))
+    console.print(safe_text(d.name, "bold"), safe_text(f"  {v['video_id']}  {v['uri']}", "dim"))
     if v["status"] != "ok":
-        console.print(Text(f"failed: {printable(v['error'])}", style="red"))
+        console.print(safe_text(f"failed: {v['error']}", "red"))
         return
-    console.print(
+    console.print(safe_text(
         f"{v['duration_s']:.1f} s, {v['width']}x{v['height']} @ {v['fps']:.1f} fps, audio: "
-        f"{'yes' if v['has_audio'] else 'no'}" + (f", language {v['language']}" if v["language"] else ""),
-        highlight=False,
-    )
-    console.print(Text("summary: ", style="bold") + Text(printable(summary_line(d))))
+        f"{'yes' if v['has_audio'] else 'no'}" + (f", language {v['language']}" if v["language"] else "")
+    ))
+    console.print(Text("summary: ", style="bold") + safe_text(summary_line(d)))
     # Keyframes and speech on one time line, as they happen.
     events = [(k["timestamp_s"], 0, f"▣ {k['caption'] or ''}") for k in d.keyframes]
     events += [(s["start_s"], 1, f"♪ {s['text'].strip()}  (to {fmt_time(s['end_s'])})") for s in d.segments]
     for t, _, line in sorted(events, key=lambda e: (e[0], e[1])):
-        console.print(Text(f"  {fmt_time(t)}  ") + Text(printable(line)))
+        console.print(Text(f"  {fmt_time(t)}  ") + safe_text(line))
     timeline = (d.summary or {}).get("timeline") or []
     if timeline:
         console.print(Text("summary timeline:", style="bold"))
         for item in timeline:
-            console.print(Text(f"  {fmt_time(item['timestamp_s'])}  {printable(item['text'])}"))
+            console.print(Text(f"  {fmt_time(item['timestamp_s'])}  ") + safe_text(item["text"]))

@@ -8,14 +8,14 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import decimal
-import json
 import math
 
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.query import QueryError, Snapshot, printable
+from pipeline.query import QueryError, Snapshot
+from pipeline.safe_text import json_line, safe, safe_text
 from schemas import TABLES
 
 
@@ -34,8 +34,13 @@ def _embedding_dims(snapshot: Snapshot) -> set[int]:
     return dims
 
 
-def connect(snapshot: Snapshot) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB with ``videos``, ``keyframes``, ``segments`` and ``summaries`` as views."""
+# What a read-only query may be; ``EXPLAIN ANALYZE`` runs its statement, which the lock below also covers.
+READ_ONLY_STATEMENTS = frozenset({"SELECT", "EXPLAIN"})
+
+
+def connect(snapshot: Snapshot, allow_writes: bool = False) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB with ``videos``, ``keyframes``, ``segments`` and ``summaries`` as views; unless
+    ``allow_writes``, it can open the committed files and nothing else (see ``_lock_down``)."""
     con = duckdb.connect()
     if not snapshot.is_local:
         con.register_filesystem(snapshot.output.fs)
@@ -52,16 +57,36 @@ def connect(snapshot: Snapshot) -> duckdb.DuckDBPyConnection:
             f"CREATE VIEW {table} AS SELECT {select} FROM read_parquet([{files}], "
             f"union_by_name = true, hive_partitioning = {str(hive).lower()})"
         )
+    if not allow_writes:
+        _lock_down(con, snapshot)
     return con
 
 
-def run_sql(con: duckdb.DuckDBPyConnection, query: str) -> pa.Table:
-    """Run one statement; its rows as an Arrow table (empty for statements that return none)."""
+def _lock_down(con: duckdb.DuckDBPyConnection, snapshot: Snapshot) -> None:
+    """DuckDB's own guard, locked so no statement can lift it: file access only to the committed files, so
+    nothing writes or reads another file (``COPY … TO``, ``ATTACH``, ``read_csv('/etc/…')``) and no
+    extension is installed or loaded, whatever statement gets past the statement-type check."""
+    allowed = ", ".join(_literal(u) for table in TABLES for u in snapshot.urls(table))
+    con.execute(f"SET allowed_paths = [{allowed}]")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+
+
+def run_sql(con: duckdb.DuckDBPyConnection, query: str, allow_writes: bool = False) -> pa.Table:
+    """Run exactly one statement, only a query unless ``allow_writes``; its rows as an Arrow table (empty for
+    statements that return none)."""
     try:
+        statements = con.extract_statements(query)
+        if len(statements) != 1:
+            raise QueryError(f"sql runs exactly one statement; this text holds {len(statements)}")
+        kind = statements[0].type.name
+        if not allow_writes and kind not in READ_ONLY_STATEMENTS:
+            raise QueryError(f"sql is read-only: a {kind} statement is refused (--allow-writes lifts this)")
         relation = con.sql(query)
         return relation.to_arrow_table() if relation is not None else pa.table({})
     except duckdb.Error as exc:
-        raise QueryError(str(exc).strip().splitlines()[0]) from None
+        hint = "; sql is read-only (--allow-writes lifts this)" if isinstance(exc, duckdb.PermissionException) else ""
+        raise QueryError(str(exc).strip().splitlines()[0] + hint) from None
 
 
 def _jsonable(value):
@@ -86,7 +111,7 @@ def json_lines(table: pa.Table):
     """One JSON object per row; binary columns (JPEG images) as base64, times as ISO 8601."""
     for batch in table.to_batches():
         for row in batch.to_pylist():
-            yield json.dumps(_jsonable(row), ensure_ascii=False)
+            yield json_line(_jsonable(row))
 
 
 def _cell(value) -> str:
@@ -98,7 +123,7 @@ def _cell(value) -> str:
         return f"{value:.6g}"
     if value is None:
         return "NULL"
-    text = printable(str(value))
+    text = safe(value)
     return text if len(text) <= 200 else text[:199] + "…"
 
 
@@ -107,8 +132,8 @@ def print_rows(console, table: pa.Table, max_rows: int) -> None:
     from rich.text import Text
 
     out = Table(header_style="bold")
-    for name in table.column_names:
-        out.add_column(name, overflow="fold")
+    for name in table.column_names:  # a column name is the user's text too: ``AS "[/x]"`` is not markup
+        out.add_column(safe_text(name), overflow="fold")
     for row in table.slice(0, max_rows).to_pylist():
         out.add_row(*(Text(_cell(v)) for v in row.values()))
     console.print(out)

@@ -1,11 +1,8 @@
 """Fixtures over a hand-built archive (see query_helpers) and over a real tiny-profile run."""
 from __future__ import annotations
 
-import sys
-
 import pytest
 
-from pipeline import cli
 from pipeline.query import open_snapshot
 from pipeline.query.sql import connect
 from pipeline.tables import Output
@@ -41,16 +38,11 @@ def tiny_output(tmp_path_factory, ray_session, model_cache) -> str:
 
 
 @pytest.fixture
-def reelscope(monkeypatch, capsys, model_cache):
+def reelscope(cli_run):
     """Run the real ``reelscope`` entry point in-process: (exit code, stdout, stderr unwrapped)."""
-    monkeypatch.setenv("REELSCOPE_CACHE", model_cache)
 
     def run(*args):
-        monkeypatch.setattr(sys, "argv", ["reelscope", *map(str, args)])
-        with pytest.raises(SystemExit) as exit_:
-            cli.main()
-            sys.exit(0)
-        captured = capsys.readouterr()
-        return exit_.value.code or 0, captured.out, " ".join(captured.err.split())
+        code, out, err = cli_run(*args)
+        return code, out, " ".join(err.split())
 
     return run

@@ -3,9 +3,10 @@ import re
 import pytest
 from rich.console import Console
 
-from pipeline.query import QueryError, fmt_time, printable
+from pipeline.query import QueryError, fmt_time
 from pipeline.query.page import render_html
 from pipeline.query.show import find_video, load_digest, print_video
+from pipeline.safe_text import safe
 
 
 def test_a_video_is_found_by_id_prefix_or_file_name(con):
@@ -49,4 +50,4 @@ def test_times_read_like_a_player():
 
 
 def test_terminal_text_cannot_drive_the_terminal():
-    assert printable("a\x1b[31mred\x07\ncar") == "a [31mred  car"
+    assert safe("a\x1b[31mred\x07\ncar") == "a\\x1b[31mred\\x07\\x0acar"

@@ -67,5 +67,6 @@ def test_a_model_of_another_dimension_is_refused(reelscope, tmp_path, model_cach
         t.models["embedding"] = "tiny:clip"
     write_archive(Output(str(tmp_path / "t")), shards)
     code, _, err = reelscope("search", "red", "--output", tmp_path / "t")
-    assert code == 2 and err.startswith("reelscope: error: the query model 'tiny:clip' gives")
+    # What takes seconds is said first, then the error, on a line of its own.
+    assert code == 2 and err.startswith("loading the embedder tiny:clip … reelscope: error: the query model 'tiny:clip' gives")
     assert "-d vectors but the keyframes hold 8-d embeddings" in err
