@@ -5,16 +5,34 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.reelscope-installed
 DEMO ?= demo
 
-.PHONY: install models speech-deps system-deps demo test clean
+.PHONY: install lock models speech-deps system-deps demo test clean
 
 install: $(STAMP)
 
-# torch is pinned and installed first: unpinned, a dependency would pull a multi-GB CUDA build.
-$(STAMP): pyproject.toml
+# torch is pinned and installed first: unpinned, a dependency would pull a multi-GB CUDA build. Every other
+# package is held to the version in constraints.txt, so that a fresh machine installs what was tested.
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
+
+# Rewrites constraints.txt from this venv: its versions, kept to the packages pip's resolver says the
+# project and its dev extras need (so nothing installed by hand gets pinned); local labels (+cpu) dropped.
+lock: $(STAMP)
+	$(BIN)/pip freeze --exclude-editable > $(VENV)/installed.txt
+	$(BIN)/pip install --quiet --dry-run --ignore-installed -c $(VENV)/installed.txt \
+	  --report $(VENV)/resolved.json -e '.[dev]'
+	$(BIN)/python -c "$$LOCK_PY" $(VENV)/resolved.json > constraints.txt
+
+define LOCK_PY
+import json, sys
+print("# Every package `make demo` and `make test` install, pinned; `make lock` writes this file.")
+resolved = json.load(open(sys.argv[1]))["install"]
+pins = {i["metadata"]["name"]: i["metadata"]["version"].split("+")[0] for i in resolved if not i.get("is_direct")}
+print("\n".join(f"{name}=={version}" for name, version in sorted(pins.items(), key=lambda p: p[0].lower())))
+endef
+export LOCK_PY
 
 demo: $(STAMP) speech-deps
 	$(BIN)/reelscope sample $(DEMO)/media --broken

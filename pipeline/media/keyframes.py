@@ -48,7 +48,7 @@ def extract_keyframes(
     path: str, settings: KeyframeSettings, probe_result: ProbeResult | None = None
 ) -> list[Keyframe]:
     info = probe_result or probe(path)
-    with open_video(path) as open_reader:
+    with open_video(path, info.decode_lowres) as open_reader:
         scan_reader = open_reader(_fit(info.width, info.height, SCAN_SIDE))
         starts, samples, scores = _scan(scan_reader, settings.sample_fps)
         del scan_reader  # its decoder and buffers go before the JPEG-size reader's arrive

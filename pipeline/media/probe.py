@@ -4,6 +4,10 @@ There is no ffprobe here, so the stream dump ffmpeg prints when it is given only
 supplies the per-frame presentation timestamps, which stay right for variable frame rate where
 ``get_avg_fps`` does not. decord (this build) also applies the display-matrix rotation itself: frames come
 out upright and ``width``/``height`` arguments name the upright size.
+
+A pixel budget is checked on the stream dump, before any frame is decoded: decoders make full-size frames
+whatever size is asked of decord (a 16000x16000 H.264 frame took 3.8 GB), so a larger picture is decoded at
+a fraction of its size by the codecs that can do that, and refused by the others.
 """
 from __future__ import annotations
 
@@ -35,6 +39,9 @@ class ProbeResult:
     rotation: int  # clockwise degrees a player turns the coded picture: 0, 90, 180 or 270
     audio_codec: str | None
     audio_sample_rate: int | None
+    # Halvings of each side the decoder applies (ffmpeg's ``lowres``) to stay within the pixel budget;
+    # readers of the frames pass it to ``open_video``.
+    decode_lowres: int = 0
 
 
 @dataclass(frozen=True)
@@ -50,10 +57,12 @@ class _Streams:
     audio_sample_rate: int | None
 
 
-def probe(path: str) -> ProbeResult:
-    """Describe a local video file; raises MediaError with a one-line reason when it is not a usable video."""
-    streams = _read_streams(path)
-    with open_video(path) as open_reader:
+def probe(path: str, max_pixels: int | None = None) -> ProbeResult:
+    """Describe a local video file; raises MediaError with a one-line reason when it is not a usable video,
+    or when its picture is over ``max_pixels`` and cannot be decoded smaller."""
+    streams = _read_streams(path, max_pixels)
+    lowres = _lowres_within(streams, max_pixels) if max_pixels else 0
+    with open_video(path, lowres) as open_reader:
         vr = open_reader((32, 32))  # frames are not looked at: the smallest size is the cheapest check
         num_frames = len(vr)
         stamps = vr.get_frame_timestamp([0, num_frames - 1])
@@ -79,16 +88,41 @@ def probe(path: str) -> ProbeResult:
         rotation=streams.rotation,
         audio_codec=streams.audio_codec,
         audio_sample_rate=streams.audio_sample_rate,
+        decode_lowres=lowres,
     )
 
 
-def _read_streams(path: str) -> _Streams:
+# Decoders that can make frames at 1/2, 1/4 or 1/8 size directly (ffmpeg's ``lowres``), as ffmpeg's stream
+# dump names them; the others (H.264, HEVC, VP9, AV1...) always make full-size frames.
+_LOWRES_CODECS = frozenset({"mjpeg", "mpeg1video", "mpeg2video", "mpeg4", "jpeg2000"})
+_MAX_LOWRES = 3
+
+
+def _lowres_within(streams: _Streams, max_pixels: int) -> int:
+    """The fewest halvings that bring the coded picture within ``max_pixels``; MediaError when none can."""
+    width, height = streams.coded_width, streams.coded_height
+    if width * height <= max_pixels:
+        return 0
+    over = (
+        f"picture {width}x{height} ({width * height / 1e6:.1f} Mpx) is over limits.max_pixels "
+        f"({max_pixels / 1e6:.1f} Mpx)"
+    )
+    if streams.video_codec not in _LOWRES_CODECS:
+        raise MediaError(f"{over}, and {streams.video_codec} cannot be decoded at a smaller size")
+    for lowres in range(1, _MAX_LOWRES + 1):
+        if -(-width >> lowres) * -(-height >> lowres) <= max_pixels:
+            return lowres
+    raise MediaError(f"{over} even decoded at 1/{2**_MAX_LOWRES} size")
+
+
+def _read_streams(path: str, max_pixels: int | None = None) -> _Streams:
     if not os.path.exists(path):
         raise MediaError(f"file not found: {path}")
     if os.path.getsize(path) == 0:
         raise MediaError("empty file (0 bytes)")
-    _, stderr, _ = run_args(["-i", path], timeout=PROBE_TIMEOUT_S)  # exits 1 by design: no output given
-    text = stderr.decode("utf-8", "replace")
+    # ffmpeg decodes a frame or two to fill in what headers leave out; ``max_pixels`` makes its decoder
+    # refuse a picture over the budget rather than make it.
+    text = _stream_dump(path, ["-max_pixels", str(max_pixels)] if max_pixels else [])
     if "Error opening input" in text or "Input #0" not in text:
         if "moov atom not found" in text:
             raise MediaError("cannot decode: moov atom not found (truncated mp4, or not a video)")
@@ -97,19 +131,14 @@ def _read_streams(path: str) -> _Streams:
     fmt_name = fmt.group(1) if fmt else ""
     if fmt_name in _NOT_VIDEO_FORMATS or fmt_name.endswith("_pipe"):
         raise MediaError(f"not a video: {_NOT_VIDEO_FORMATS.get(fmt_name, 'a still image')} ({fmt_name})")
-    video = audio = None
-    for block in re.split(r"\n(?=\s*Stream #)", text)[1:]:
-        kind = re.match(r"\s*Stream #\d+:\d+\S*: (Video|Audio): (\w+)", block)
-        if not kind:
-            continue
-        # Cover art in audio files shows up as a one-frame video stream.
-        if kind.group(1) == "Video" and video is None and "(attached pic)" not in block:
-            video = (kind.group(2), block)
-        elif kind.group(1) == "Audio" and audio is None:
-            audio = (kind.group(2), block)
+    video, audio = _first_streams(text)
     if video is None:
         raise MediaError("not a video: no video stream")
-    size = re.search(r"\b([1-9]\d*)x([1-9]\d*)\b", video[1])
+    size = _picture_size(video[1])
+    if not size and max_pixels:
+        # Some decoders (MJPEG) forget the size of a picture they refused; the headers alone still hold it.
+        video = _first_streams(_stream_dump(path, ["-skip_frame", "all"]))[0] or video
+        size = _picture_size(video[1])
     if not size:
         raise MediaError(f"not a video: no picture size in the {video[0]} stream")
     rate = re.search(r"(\d+) Hz", audio[1]) if audio else None
@@ -122,6 +151,30 @@ def _read_streams(path: str) -> _Streams:
         audio_codec=audio[0] if audio else None,
         audio_sample_rate=int(rate.group(1)) if rate else None,
     )
+
+
+def _stream_dump(path: str, input_options: list[str]) -> str:
+    _, stderr, _ = run_args([*input_options, "-i", path], timeout=PROBE_TIMEOUT_S)  # exits 1: no output given
+    return stderr.decode("utf-8", "replace")
+
+
+def _first_streams(text: str) -> tuple[tuple[str, str] | None, tuple[str, str] | None]:
+    """(codec, dump block) of the first video stream and of the first audio stream, each None when absent."""
+    video = audio = None
+    for block in re.split(r"\n(?=\s*Stream #)", text)[1:]:
+        kind = re.match(r"\s*Stream #\d+:\d+\S*: (Video|Audio): (\w+)", block)
+        if not kind:
+            continue
+        # Cover art in audio files shows up as a one-frame video stream.
+        if kind.group(1) == "Video" and video is None and "(attached pic)" not in block:
+            video = (kind.group(2), block)
+        elif kind.group(1) == "Audio" and audio is None:
+            audio = (kind.group(2), block)
+    return video, audio
+
+
+def _picture_size(block: str) -> re.Match | None:
+    return re.search(r"\b([1-9]\d*)x([1-9]\d*)\b", block)
 
 
 def _opening_reason(text: str) -> str:

@@ -20,17 +20,20 @@ decord.logging.set_level(decord.logging.QUIET)
 
 
 @contextlib.contextmanager
-def open_video(path: str) -> Iterator[Callable[[tuple[int, int]], decord.VideoReader]]:
+def open_video(path: str, lowres: int = 0) -> Iterator[Callable[[tuple[int, int]], decord.VideoReader]]:
     """``open_reader(size)``: decord readers of ``path`` giving upright frames of ``size`` = (width, height).
 
     decord seeks MPEG-TS so slowly it looks hung, invents timestamps for AVI, and cannot count frames in
     containers that store neither a frame count nor an average rate (raw H.264, variable-frame-rate
     Matroska). Copying the video stream, without re-encoding, into a temporary MOV cures all of these, so
     anything but MP4/MOV and Matroska is remuxed up front, and Matroska when decord fails on it.
+
+    ``lowres`` > 0: the picture is too large to decode at full size (``probe`` decides), so it is first
+    decoded at 1/2**lowres size into a temporary MOV (see ``_shrink``) and decord reads that instead.
     """
     with contextlib.ExitStack() as stack:
-        source = path
-        if not _decord_reads_well(path):
+        source = _shrink(path, lowres, stack) if lowres else path
+        if source == path and not _decord_reads_well(path):
             try:
                 source = _remux(path, stack)
             except MediaError as exc:
@@ -58,9 +61,25 @@ def _decord_reads_well(path: str) -> bool:
 
 
 def _remux(path: str, stack: contextlib.ExitStack) -> str:
-    target = os.path.join(stack.enter_context(tempfile.TemporaryDirectory(prefix="reelscope-")), "video.mov")
+    target = _temporary_mov(stack)
     run(ffmpeg.input(path).output(target, map="0:v:0", c="copy"), what="cannot decode")
     return target
+
+
+def _shrink(path: str, lowres: int, stack: contextlib.ExitStack) -> str:
+    """The video stream decoded at 1/2**lowres size (the decoder's own ``lowres``: no full-size frame is
+    ever made) and stored as near-lossless MJPEG, every frame at its original presentation time."""
+    target = _temporary_mov(stack)
+    stream = ffmpeg.input(path, lowres=lowres).output(
+        target, map="0:v:0", vcodec="mjpeg", **{"q:v": 2}, fps_mode="passthrough", copyts=None,
+    )
+    run(stream, what="cannot decode")
+    log.info("%s: decoded at 1/%d size to stay within the pixel budget", path, 2**lowres)
+    return target
+
+
+def _temporary_mov(stack: contextlib.ExitStack) -> str:
+    return os.path.join(stack.enter_context(tempfile.TemporaryDirectory(prefix="reelscope-")), "video.mov")
 
 
 # decord 0.6.0 hands back frames of these widths with 4 bytes a pixel and then fails to copy them

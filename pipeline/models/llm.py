@@ -5,9 +5,14 @@ is asked for it as ``response_format``.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
+import http.client
 import json
 import logging
 import os
+import socket
+import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -134,7 +139,11 @@ def gguf_file(path_or_id: str) -> tuple[str, str | None]:
 
 
 class OpenAiChatLlm:
-    """``POST {base_url}/chat/completions``, with nothing but the standard library."""
+    """``POST {base_url}/chat/completions``, with nothing but the standard library.
+
+    ``timeout`` bounds each request's whole time, from connecting to the answer's last byte: a socket
+    timeout alone bounds each read, so a server sending a byte every few seconds held a request for ever.
+    """
 
     def __init__(
         self, base_url: str, model: str, api_key: str | None = None, context_tokens: int = 8192, timeout: float = 120,
@@ -197,21 +206,101 @@ class OpenAiChatLlm:
         request = urllib.request.Request(
             f"{self.base_url}/chat/completions", data=json.dumps(body).encode(), headers=headers, method="POST",
         )
-        with urllib.request.urlopen(request, timeout=self.timeout) as response:
-            payload = json.loads(response.read())
+        with _Deadline(self.timeout) as deadline:
+            try:
+                opener = urllib.request.build_opener(_DeadlineHandler(deadline))
+                with opener.open(request, timeout=self.timeout) as response:
+                    payload = json.loads(response.read())
+            except Exception:
+                if deadline.passed:
+                    raise TimeoutError(
+                        f"{self.base_url} gave no complete answer within {self.timeout:g} s"
+                    ) from None
+                raise
         try:
             return payload["choices"][0]["message"]["content"] or ""
         except (KeyError, IndexError, TypeError):
             raise ValueError(f"unexpected chat completion from {self.base_url}: {str(payload)[:200]}") from None
 
 
+class _Deadline:
+    """Shuts down the sockets of one request when its time is up, which ends any read blocked on them."""
+
+    def __init__(self, seconds: float):
+        self.passed = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._timer.cancel()
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+            if self.passed:
+                _shut(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.passed = True
+            for sock in self._sockets:
+                _shut(sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # already closed by its owner: nothing left to stop
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+class _Watched:
+    """A connection that hands its socket to a ``_Deadline`` as soon as it has one."""
+
+    def __init__(self, *args, deadline: _Deadline, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._deadline = deadline
+
+    def connect(self) -> None:
+        super().connect()
+        self._deadline.watch(self.sock)
+
+
+class _WatchedHttp(_Watched, http.client.HTTPConnection):
+    pass
+
+
+class _WatchedHttps(_Watched, http.client.HTTPSConnection):
+    pass
+
+
+class _DeadlineHandler(urllib.request.HTTPHandler, urllib.request.HTTPSHandler):
+    """urllib's HTTP and HTTPS handlers (proxies and all), over connections watched by one deadline."""
+
+    def __init__(self, deadline: _Deadline):
+        super().__init__()
+        self._deadline = deadline
+
+    def http_open(self, req):
+        return self.do_open(functools.partial(_WatchedHttp, deadline=self._deadline), req)
+
+    def https_open(self, req):
+        return self.do_open(functools.partial(_WatchedHttps, deadline=self._deadline), req, context=self._context)
+
+
 def load_llm(spec: ModelSpec, path_or_id: str, device: str) -> ChatLlm:
-    """The summarizer for ``spec``: its endpoint when it names one, else the local model at ``path_or_id``."""
+    """The summarizer for ``spec``: its endpoint when it names one, else the local model at ``path_or_id``.
+    An endpoint's options: ``concurrency`` (requests in flight, default 8) and ``timeout_s`` (each request's
+    whole time, default 120)."""
     context = spec.options.get("context_tokens")
     if spec.endpoint:
         return OpenAiChatLlm(
             spec.endpoint, spec.ref, context_tokens=int(context or 8192),
-            concurrency=int(spec.options.get("concurrency", 8)),
+            concurrency=int(spec.options.get("concurrency", 8)), timeout=float(spec.options.get("timeout_s", 120)),
         )
     return LocalChatLlm(
         path_or_id, device=device, context_tokens=int(context or 4096), revision=spec.revision,

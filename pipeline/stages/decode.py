@@ -1,4 +1,8 @@
-"""MediaDecoder: fetch a video, probe it, pick keyframes and decode its audio (CPU, no models)."""
+"""MediaDecoder: fetch a video, probe it, pick keyframes and decode its audio (CPU, no models).
+
+The per-video limits (``Limits``) are applied before the work they bound: the pixel budget by ``probe`` from
+the stream headers, the duration between probing and decoding anything.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -9,10 +13,10 @@ from typing import Any, Iterator, Mapping
 
 import fsspec
 
-from pipeline.config import KeyframeSettings, Resources
+from pipeline.config import KeyframeSettings, Limits, Resources
 from pipeline.media.audio import extract_audio
 from pipeline.media.keyframes import extract_keyframes
-from pipeline.media.probe import MediaError, probe
+from pipeline.media.probe import MediaError, ProbeResult, probe
 from pipeline.stages.base import Stage
 from pipeline.task import FrameRecord, VideoTask
 
@@ -36,6 +40,7 @@ class MediaDecoder(Stage):
     resources: Resources = field(default_factory=lambda: Resources(cpus=0.5))
     batch_size: int = 1
     keyframes: KeyframeSettings = field(default_factory=KeyframeSettings)
+    limits: Limits = field(default_factory=Limits)
     storage_options: Mapping[str, Any] = field(default_factory=dict)
 
     def process(self, tasks: list[VideoTask]) -> None:
@@ -52,10 +57,18 @@ class MediaDecoder(Stage):
             # Decoders report an empty file in unhelpful ways; say it plainly.
             raise MediaError("empty file (0 bytes)")
         with local_copy(task.uri, self.storage_options) as path:
-            info = probe(path)
+            info = probe(path, self.limits.max_pixels)
+            _check_duration(info, self.limits.max_duration_s)
             task.probe = info
             task.frames = [
                 FrameRecord(k.frame_index, k.timestamp_s, k.jpeg, k.width, k.height, k.scene_score)
                 for k in extract_keyframes(path, self.keyframes, info)
             ]
-            task.audio = extract_audio(path, info) if info.has_audio else None
+            task.audio = extract_audio(path, info, self.limits.max_duration_s) if info.has_audio else None
+
+
+def _check_duration(info: ProbeResult, max_duration_s: float) -> None:
+    if info.duration_s > max_duration_s:
+        raise MediaError(
+            f"video is {info.duration_s:.1f} s long, over limits.max_duration_s ({max_duration_s:g} s)"
+        )
