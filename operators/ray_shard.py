@@ -37,7 +37,8 @@ class RayShardOperator(BaseOperator):
 
     ``ray_conn_id`` (optional) names a connection to a Ray dashboard (host, port, schema): the shard then
     runs as a Ray Job (``python -m pipeline.orchestrate run-shard``) with a deterministic submission id,
-    polled every ``poll_interval`` seconds and stopped when the task is killed. Credentials are not sent
+    polled (every 0.5 s at first, backing off to every ``poll_interval`` seconds, so a short shard is not
+    held back by the poll) and stopped when the task is killed. Credentials are not sent
     with the job; the cluster's own environment supplies them.
     """
 
@@ -84,7 +85,9 @@ class RayShardOperator(BaseOperator):
     def _run_as_job(self, context, opts: dict) -> dict:
         from ray.job_submission import JobStatus
 
-        from pipeline.orchestrate import read_json, result_path, without_secrets
+        from pipeline.orchestrate import result_path, without_secrets
+        from pipeline.tables import open_output
+        from schemas.run import ShardResult
 
         ti = context["ti"]
         self._client = self._jobs_client()
@@ -103,15 +106,16 @@ class RayShardOperator(BaseOperator):
             )
             log.info("submitted Ray job %s: %s", self._job_id, entrypoint)
             status = JobStatus.PENDING
+        wait = 0.5
         while not status.is_terminal():
-            time.sleep(self.poll_interval)
+            time.sleep(min(wait, self.poll_interval))
+            wait *= 2
             status = self._client.get_job_status(self._job_id)
         if status != JobStatus.SUCCEEDED:
             tail = self._client.get_job_logs(self._job_id)[-4000:]
             raise RuntimeError(f"Ray job {self._job_id} ended {status}; last log lines:\n{tail}")
-        counts = read_json(result_path(str(self.shard_uri)), opts)
-        counts.pop("failures", None)  # listed in the result file; XCom carries counts only
-        return counts
+        fs, path = open_output(result_path(str(self.shard_uri)), opts)
+        return ShardResult.from_json(fs.cat_file(path)).counts()  # failures stay in the file; XCom: counts
 
     def on_kill(self) -> None:
         if self._client is not None and self._job_id is not None:

@@ -89,6 +89,39 @@ class KeyframeSettings:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """Per-video bounds, so that one huge or hostile file costs a known amount of memory and time.
+
+    Not part of the config fingerprint: they decide whether a video is processed, not what its rows hold
+    (a video failed by a limit is redone by ``--retry-failed`` after the limit is raised).
+    """
+
+    # Pixels a decoder may produce per frame. 8192x4320 (8K DCI, H.264's largest level) took 0.5 GB peak to
+    # decode; a 16000x16000 H.264 frame took 3.8 GB. Larger pictures are decoded at 1/2, 1/4 or 1/8 size by
+    # codecs that can (MJPEG, MPEG-1/2/4, JPEG 2000) and refused by the others.
+    max_pixels: int = 8192 * 4320
+    # Longer videos fail before anything is decoded: 6 h of 16 kHz float32 audio alone is 1.4 GB.
+    max_duration_s: float = 6 * 3600.0
+    # Wall time: a model stage's work on one video may take stage_s plus stage_s_per_media_s per second of
+    # the video (a 1-hour video: 4200 s a stage), its decode decode_s; a video over its limit fails, saying
+    # so, and its worker is stopped, so that a hung input costs its limit, not the run.
+    stage_s: float = 600.0
+    stage_s_per_media_s: float = 1.0
+    decode_s: float = 1800.0
+
+    def __post_init__(self) -> None:
+        if self.max_pixels < 64 * 64:
+            raise ConfigError(f"limits.max_pixels must be >= 4096, got {self.max_pixels}")
+        if self.max_duration_s <= 0:
+            raise ConfigError(f"limits.max_duration_s must be > 0, got {self.max_duration_s}")
+        for name in ("stage_s", "decode_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"limits.{name} must be > 0, got {getattr(self, name)}")
+        if self.stage_s_per_media_s < 0:
+            raise ConfigError(f"limits.stage_s_per_media_s must be >= 0, got {self.stage_s_per_media_s}")
+
+
+@dataclass(frozen=True)
 class Resources:
     """Ray resources for one stage actor (fractional values allowed)."""
 
@@ -146,12 +179,16 @@ class RunConfig:
     profile: str = "tiny"
     models: Models = field(default_factory=_tiny_models)
     keyframes: KeyframeSettings = field(default_factory=KeyframeSettings)
+    limits: Limits = field(default_factory=Limits)
     shard_size: int = 8
     force: bool = False
     retry_failed: bool = False  # redo videos whose committed row failed (force redoes everything)
     device: str = "auto"  # auto | cpu | cuda
     ray_address: str | None = None
-    storage_options: Mapping[str, Any] = field(default_factory=dict)
+    # On a cluster the run joins, how long its loaded models wait for the next run (the next shard task, the
+    # next Ray Job) before they leave; 0: they end with the run.
+    models_idle_s: float = 300.0
+    storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)  # may hold credentials
     cache_dir: str = field(default_factory=lambda: str(default_cache_dir()))
     partition: str | None = None  # e.g. "dt=2026-11-22": hive partition inside each table
 
@@ -160,6 +197,8 @@ class RunConfig:
             raise ConfigError(f"unknown profile {self.profile!r}; choose one of: {', '.join(PROFILES)}")
         if self.shard_size < 1:
             raise ConfigError(f"shard_size must be >= 1, got {self.shard_size}")
+        if self.models_idle_s < 0:
+            raise ConfigError(f"models_idle_s must be >= 0, got {self.models_idle_s}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.partition is not None and ("=" not in self.partition or "/" in self.partition):
@@ -195,8 +234,8 @@ def load_config(
 ) -> RunConfig:
     """Build a RunConfig from a profile, an optional YAML file and explicit overrides (CLI/Airflow params).
 
-    The YAML file may hold ``models: {role: {ref: ..., ...}}``, ``keyframes: {...}`` and any top-level
-    RunConfig field; explicit overrides win.
+    The YAML file may hold ``models: {role: {ref: ..., ...}}``, ``keyframes: {...}``, ``limits: {...}`` and
+    any top-level RunConfig field; explicit overrides win.
     """
     if profile not in PROFILES:
         raise ConfigError(f"unknown profile {profile!r}; choose one of: {', '.join(PROFILES)}")
@@ -228,9 +267,13 @@ def load_config(
         base.update(spec or {})
         models = dataclasses.replace(models, **{role: _build(ModelSpec, base, f"models.{role}")})
     kf = _build(KeyframeSettings, file_values.pop("keyframes", {}) or {}, "keyframes")
+    limits = _build(Limits, file_values.pop("limits", {}) or {}, "limits")
     values = {**file_values, **{k: v for k, v in overrides.items() if v is not None}}
     return _build(
         RunConfig,
-        {"input": input, "output": output, "profile": profile, "models": models, "keyframes": kf, **values},
+        {
+            "input": input, "output": output, "profile": profile, "models": models, "keyframes": kf,
+            "limits": limits, **values,
+        },
         "config",
     )

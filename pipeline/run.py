@@ -15,6 +15,8 @@ from typing import Callable
 from pipeline.config import PIPELINE_VERSION, ConfigError, RunConfig
 from pipeline.discover import MediaItem, Shard, discover, plan_shards
 from pipeline.executor import ensure_ray, executor_for
+from pipeline.lease import Lease, new_owner
+from pipeline.repair import repair
 from pipeline.rows import build_tables
 from pipeline.stages.caption import Blip2Captioner
 from pipeline.stages.decode import MediaDecoder
@@ -64,13 +66,13 @@ def build_stages(config: RunConfig) -> tuple[MediaDecoder, list[ModelStage]]:
             stage.resources = dataclasses.replace(stage.resources, gpus=0.0)
         if stage.spec.stage_batch_size:
             stage.batch_size = stage.spec.stage_batch_size
-    decoder = MediaDecoder(keyframes=config.keyframes, storage_options=dict(config.storage_options))
+    decoder = MediaDecoder(keyframes=config.keyframes, limits=config.limits, storage_options=dict(config.storage_options))
     return decoder, stages
 
 
-def plan(config: RunConfig) -> tuple[Output, list[MediaItem], list[Shard], int]:
+def plan(config: RunConfig, output: Output | None = None) -> tuple[Output, list[MediaItem], list[Shard], int]:
     """Discover inputs and decide which shards to run; cheap, touches no model."""
-    output = Output(config.output, config.storage_options, config.partition)
+    output = output or Output(config.output, config.storage_options, config.partition)
     items = discover(config.input, config.storage_options)
     shards, skipped = plan_shards(
         list(items), output.manifests(), config.fingerprint(), config.shard_size, force=config.force,
@@ -85,8 +87,11 @@ def run(config: RunConfig, progress: Callable[[str, int, int], None] | None = No
     ``progress(description, done_videos, total_videos)`` is called as work advances.
     """
     started = time.perf_counter()
-    output, items, shards, skipped = plan(config)
-    return _execute(config, output, shards, len(items), skipped, started, progress)
+    # Planned and written under the output's lease: a run planned beside another would duplicate its rows.
+    with Lease(Output(config.output, config.storage_options, config.partition), new_owner("run")) as lease:
+        repair(lease.output, lease_free=True)  # no one else writes now: what killed runs left can go
+        output, items, shards, skipped = plan(config, lease.output)
+        return _execute(config, output, shards, len(items), skipped, started, progress)
 
 
 def planned_shard(plan: ShardPlan) -> Shard:
@@ -97,10 +102,12 @@ def planned_shard(plan: ShardPlan) -> Shard:
 
 def run_planned(
     config: RunConfig, plan: ShardPlan, progress: Callable[[str, int, int], None] | None = None,
+    lease_owner: str | None = None,
 ) -> RunSummary:
     """Process one shard exactly as planned: its items, under its id, into its partition; nothing is listed
     or planned again. A configuration other than the one planned for is refused, since the shard's rows
-    would then not be what the plan promised."""
+    would then not be what the plan promised. ``lease_owner``: the planned run's key, whose shared lease the
+    shard joins (``pipeline.lease``); without one the shard takes the lease for itself."""
     started = time.perf_counter()
     if plan.config_fingerprint != config.fingerprint():
         raise ConfigError(
@@ -108,7 +115,9 @@ def run_planned(
             f"{config.fingerprint()}: models or settings changed since; plan the run again"
         )
     output = Output(config.output, config.storage_options, plan.partition)
-    return _execute(config, output, [planned_shard(plan)], len(plan.items), 0, started, progress)
+    shared = lease_owner is not None
+    with Lease(output, lease_owner or new_owner("run"), shared=shared, joins=shared):
+        return _execute(config, output, [planned_shard(plan)], len(plan.items), 0, started, progress)
 
 
 def _execute(
@@ -126,7 +135,9 @@ def _execute(
     decoder, stages = build_stages(config)
     if progress:
         progress("loading models", 0, todo)
-    executor = executor_for(decoder, stages, device=config.device)
+    executor = executor_for(
+        decoder, stages, device=config.device, idle_s=config.models_idle_s, limits=config.limits
+    )
     done = 0
 
     def on_stage(index: int, name: str) -> None:

@@ -5,7 +5,7 @@ pass URIs and counts, never data, and import no Airflow. Each step is idempotent
 rewrites the same deterministic shards and the same run manifest.
 """
 from pipeline.orchestrate.interval import as_utc, items_in_interval, partition_for_interval
-from pipeline.orchestrate.plan import build_config, list_and_shard, read_json, result_path, run_key, run_shard
+from pipeline.orchestrate.plan import build_config, list_and_shard, result_path, run_key, run_shard
 from pipeline.orchestrate.storage import (
     merge_storage_options,
     storage_options_from_connection,
@@ -22,7 +22,6 @@ __all__ = [
     "list_and_shard",
     "merge_storage_options",
     "partition_for_interval",
-    "read_json",
     "result_path",
     "run_key",
     "run_shard",

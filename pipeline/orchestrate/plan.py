@@ -3,10 +3,11 @@
 ``list_and_shard`` lists the media, decides what is pending with the same ``plan_shards`` the library run
 uses, and writes one shard plan per planned shard under ``<output>/_plans/<run>/``::
 
-    plan.json            what the run is: input, output, partition, profile, shard plans (written last)
+    plan.json            what the run is (``schemas.run.RunPlan``): input, output, partition, profile, shard
+                         plans (written last)
     inputs.txt           every listed input, one URI a line (what validation accounts for)
     shard-00000.json     one planned shard (``schemas.plan.ShardPlan``): its id, items and fingerprints
-    shard-00000.result.json   counts, written by ``run_shard`` when the shard is done
+    shard-00000.result.json   ``schemas.run.ShardResult``: counts and failures, written by ``run_shard``
 
 ``run_shard`` executes a shard plan as written (``pipeline.run.run_planned``): it lists and plans nothing
 again, so a retried or repeated shard rewrites the same files under the same id instead of adding rows.
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 import logging
 import math
 import posixpath
@@ -25,9 +25,12 @@ from typing import Any, Mapping
 from pipeline.config import RunConfig, load_config
 from pipeline.discover import Shard, discover, plan_shards
 from pipeline.orchestrate.interval import as_utc, items_in_interval, partition_for_interval
-from pipeline.orchestrate.storage import merge_storage_options, storage_options_from_env
+from pipeline.orchestrate.storage import merge_storage_options, storage_options_from_env, with_s3_defaults
+from pipeline.lease import Lease
+from pipeline.repair import repair
 from pipeline.tables import Output, open_output
 from schemas.plan import PlannedItem, ShardPlan
+from schemas.run import Failure, PlannedShard, RunPlan, ShardResult
 
 log = logging.getLogger(__name__)
 
@@ -48,21 +51,16 @@ def run_key(run_id: str) -> str:
 def build_config(
     input_uri: str, output_uri: str, storage_options: Mapping[str, Any] | None = None, **settings: Any
 ) -> RunConfig:
-    """A RunConfig whose storage options layer the environment, the caller's options and the config
-    file's own ``storage_options`` (later wins)."""
+    """A RunConfig whose storage options layer the S3 time limits, the environment, the caller's options
+    and the config file's own ``storage_options`` (later wins)."""
     config = load_config(input_uri, output_uri, **settings)
     opts = merge_storage_options(storage_options_from_env(), storage_options, config.storage_options)
-    return dataclasses.replace(config, storage_options=opts)
+    return dataclasses.replace(config, storage_options=with_s3_defaults(opts, input_uri, output_uri))
 
 
 def _write_text(fs, path: str, text: str) -> None:
     fs.makedirs(posixpath.dirname(path), exist_ok=True)
     fs.pipe_file(path, text.encode())
-
-
-def read_json(uri: str, storage_options: Mapping[str, Any] | None = None) -> dict:
-    fs, path = open_output(uri, storage_options)
-    return json.loads(fs.cat_file(path))
 
 
 def _plan(items, output: Output, config: RunConfig, max_shards: int) -> tuple[list[Shard], int, int]:
@@ -124,6 +122,9 @@ def list_and_shard(
         items = items_in_interval(input_uri, interval[0], interval[1], opts, layout)
     output = Output(output_uri, opts, partition)
     output.check_writable()
+    # The run's shared lease, taken before planning; its shard tasks join it (see pipeline.lease).
+    Lease(output, run_key(run_id), shared=True).acquire()
+    repair(output)
     cleared = output.clear_partition() if replace_partition and partition else 0
     if cleared:
         log.info("retracted %d committed shard(s) of %s before replacing it", cleared, partition)
@@ -133,38 +134,37 @@ def list_and_shard(
     if output.fs.exists(plan_dir):
         output.fs.rm(plan_dir, recursive=True)  # a retried listing replaces its earlier plan whole
     _write_text(output.fs, posixpath.join(plan_dir, INPUTS_FILE), "".join(f"{i.uri}\n" for i in items))
-    shard_uris, shard_rows = [], []
+    planned = []
     for n, shard in enumerate(shards):
         path = posixpath.join(plan_dir, f"shard-{n:05d}.json")
         members = tuple(PlannedItem(i.uri, i.video_id, i.input_fingerprint, i.size) for i in shard.items)
         _write_text(output.fs, path, ShardPlan(shard.shard_id, members, config.fingerprint(), partition).to_json())
-        shard_uris.append(output.fs.unstrip_protocol(path))
-        shard_rows.append({"uri": shard_uris[-1], "shard_id": shard.shard_id, "videos": len(shard.items)})
-    plan = {
-        "run_id": run_id,
-        "input_uri": input_uri,
-        "output_uri": output_uri,
-        "partition": partition,
-        "interval": [as_utc(t).isoformat() for t in interval] if interval else None,
-        "profile": config.profile,
-        "config_file": config_file,
-        "config_fingerprint": config.fingerprint(),
-        "force": config.force,
-        "retry_failed": config.retry_failed,
-        "shard_size": size,
-        "media": len(items),
-        "skipped": skipped,
-        "cleared": cleared,
-        "shards": shard_rows,
-        "planned_at": dt.datetime.now(dt.timezone.utc).isoformat(),
-    }
+        planned.append(PlannedShard(output.fs.unstrip_protocol(path), shard.shard_id, len(shard.items)))
+    plan = RunPlan(
+        run_id=run_id,
+        input_uri=input_uri,
+        output_uri=output_uri,
+        config_fingerprint=config.fingerprint(),
+        profile=config.profile,
+        partition=partition,
+        interval=tuple(as_utc(t).isoformat() for t in interval) if interval else None,
+        config_file=config_file,
+        force=config.force,
+        retry_failed=config.retry_failed,
+        shard_size=size,
+        media=len(items),
+        skipped=skipped,
+        cleared=cleared,
+        shards=tuple(planned),
+        planned_at=dt.datetime.now(dt.timezone.utc).isoformat(),
+    )
     plan_path = posixpath.join(plan_dir, PLAN_FILE)
-    _write_text(output.fs, plan_path, json.dumps(plan, indent=1))
-    pending = sum(r["videos"] for r in shard_rows)
+    _write_text(output.fs, plan_path, plan.to_json())
+    pending = plan.pending
     log.info("%d media listed, %d pending in %d shard(s), %d already done", len(items), pending, len(shards), skipped)
     return {
         "plan": output.fs.unstrip_protocol(plan_path),
-        "shards": shard_uris,
+        "shards": [s.uri for s in planned],
         "media": len(items),
         "pending": pending,
         "skipped": skipped,
@@ -187,19 +187,21 @@ def run_shard(
 
     base = merge_storage_options(storage_options_from_env(), storage_options)
     fs, shard_path = open_output(shard_uri, base)
-    plan = json.loads(fs.cat_file(posixpath.join(posixpath.dirname(shard_path), PLAN_FILE)))
+    plan = RunPlan.from_json(fs.cat_file(posixpath.join(posixpath.dirname(shard_path), PLAN_FILE)))
     shard = ShardPlan.from_json(fs.cat_file(shard_path))
     config = build_config(
-        shard_uri, plan["output_uri"], base, profile=plan["profile"], config_file=plan["config_file"],
-        shard_size=plan["shard_size"], partition=plan["partition"], ray_address=ray_address, cache_dir=cache_dir,
+        shard_uri, plan.output_uri, base, profile=plan.profile, config_file=plan.config_file,
+        shard_size=plan.shard_size, partition=plan.partition, ray_address=ray_address, cache_dir=cache_dir,
     )
-    summary = run_planned(config, shard)
-    counts = {k: getattr(summary, k) for k in COUNTS}
-    counts["wall_s"] = round(summary.wall_s, 2)
-    failures = [{"uri": u, "error": e} for u, e in summary.failures]
-    fs.pipe_file(result_path(shard_path), json.dumps({**counts, "failures": failures}, indent=1).encode())
+    summary = run_planned(config, shard, lease_owner=run_key(plan.run_id))
+    result = ShardResult(
+        **{k: getattr(summary, k) for k in COUNTS}, wall_s=round(summary.wall_s, 2),
+        load_s=round(summary.stage_seconds.get("load models", 0.0), 2),
+        failures=tuple(Failure(u, e) for u, e in summary.failures),
+    )
+    fs.pipe_file(result_path(shard_path), result.to_json().encode())
     log.info("shard %s: %d ok, %d failed, %d skipped", shard_uri, summary.ok, summary.failed, summary.skipped)
-    return counts
+    return result.counts()
 
 
 def result_path(shard: str) -> str:

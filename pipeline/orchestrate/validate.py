@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
-import json
 import logging
 import posixpath
 from typing import Any, Mapping
@@ -19,9 +18,12 @@ from pipeline.config import PIPELINE_VERSION
 from pipeline.discover import video_id_for
 from pipeline.orchestrate.plan import INPUTS_FILE, result_path, run_key
 from pipeline.orchestrate.storage import merge_storage_options, storage_options_from_env
+from pipeline.lease import Lease
+from pipeline.repair import repair
 from pipeline.tables import Output, open_output
 from schemas import SCHEMA_VERSION, TABLES, schema_for
 from schemas.manifest import ShardManifest
+from schemas.run import RunManifest, RunPlan, ShardOutcome, ShardResult
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +65,18 @@ def validate_and_publish(plan_uri: str, storage_options: Mapping[str, Any] | Non
     """
     opts = merge_storage_options(storage_options_from_env(), storage_options)
     fs, plan_path = open_output(plan_uri, opts)
-    plan = json.loads(fs.cat_file(plan_path))
+    plan = RunPlan.from_json(fs.cat_file(plan_path))
     plan_dir = posixpath.dirname(plan_path)
     inputs = [line for line in fs.cat_file(posixpath.join(plan_dir, INPUTS_FILE)).decode().splitlines() if line]
-    output = Output(plan["output_uri"], opts, plan["partition"])
+    output = Output(plan.output_uri, opts, plan.partition)
+    # The run's last task: it joins the run's lease, repairs and validates under it, and frees the output.
+    with Lease(output, run_key(plan.run_id), shared=True, joins=True, release=True):
+        repair(output)
+        return _validate(output, plan, plan_uri, inputs, fs, opts)
 
+
+def _validate(output: Output, plan: RunPlan, plan_uri: str, inputs: list[str], fs, opts) -> str:
+    """Check the committed shards against the plan; publish the run manifest when they add up."""
     problems: list[str] = []
     rows = collections.Counter()
     manifests = output.manifests()
@@ -83,37 +92,37 @@ def validate_and_publish(plan_uri: str, storage_options: Mapping[str, Any] | Non
             log.error("validation: %s", p)
         more = f"; and {len(problems) - _SHOWN} more" if len(problems) > _SHOWN else ""
         shown = "; ".join(problems[:_SHOWN]) + more
-        raise ValidationError(f"{len(problems)} problem(s) in {plan['output_uri']}: {shown}")
+        raise ValidationError(f"{len(problems)} problem(s) in {plan.output_uri}: {shown}")
 
     status = collections.Counter(videos.column("status").to_pylist())
-    shard_results = []
-    for shard in plan["shards"]:
-        rpath = result_path(open_output(shard["uri"], opts)[1])
-        result = json.loads(fs.cat_file(rpath)) if fs.exists(rpath) else None
-        shard_results.append({**shard, "result": result})
-    manifest = {
-        "run_id": plan["run_id"],
-        "plan": plan_uri,
-        "input_uri": plan["input_uri"],
-        "output_uri": plan["output_uri"],
-        "partition": plan["partition"],
-        "interval": plan["interval"],
-        "profile": plan["profile"],
-        "config_fingerprint": plan["config_fingerprint"],
-        "pipeline_version": PIPELINE_VERSION,
-        "schema_version": SCHEMA_VERSION,
-        "inputs": len(inputs),
-        "processed": sum(s["videos"] for s in plan["shards"]),
-        "skipped": plan["skipped"],
-        "videos": {"ok": status.get("ok", 0), "failed": status.get("failed", 0)},
-        "rows": {t: rows.get(t, 0) for t in TABLES},
-        "committed_shards": sorted(m.shard_id for m in manifests),
-        "shards": shard_results,
-        "validated_at": dt.datetime.now(dt.timezone.utc).isoformat(),
-    }
-    path = posixpath.join(output.root, RUNS_DIR, f"{run_key(plan['run_id'])}.json")
+    outcomes = []
+    for shard in plan.shards:
+        rpath = result_path(open_output(shard.uri, opts)[1])
+        result = ShardResult.from_json(fs.cat_file(rpath)) if fs.exists(rpath) else None
+        outcomes.append(ShardOutcome(shard.uri, shard.shard_id, shard.videos, result))
+    manifest = RunManifest(
+        run_id=plan.run_id,
+        plan=plan_uri,
+        input_uri=plan.input_uri,
+        output_uri=plan.output_uri,
+        config_fingerprint=plan.config_fingerprint,
+        pipeline_version=PIPELINE_VERSION,
+        schema_version=SCHEMA_VERSION,
+        partition=plan.partition,
+        interval=plan.interval,
+        profile=plan.profile,
+        inputs=len(inputs),
+        processed=plan.pending,
+        skipped=plan.skipped,
+        videos={"ok": status.get("ok", 0), "failed": status.get("failed", 0)},
+        rows={t: rows.get(t, 0) for t in TABLES},
+        committed_shards=tuple(sorted(m.shard_id for m in manifests)),
+        shards=tuple(outcomes),
+        validated_at=dt.datetime.now(dt.timezone.utc).isoformat(),
+    )
+    path = posixpath.join(output.root, RUNS_DIR, f"{run_key(plan.run_id)}.json")
     output.fs.makedirs(posixpath.dirname(path), exist_ok=True)
-    output.fs.pipe_file(path, json.dumps(manifest, indent=1).encode())
+    output.fs.pipe_file(path, manifest.to_json().encode())
     uri = output.fs.unstrip_protocol(path)
-    log.info("run %s valid: %d inputs, rows %s; manifest %s", plan["run_id"], len(inputs), manifest["rows"], uri)
+    log.info("run %s valid: %d inputs, rows %s; manifest %s", plan.run_id, len(inputs), manifest.rows, uri)
     return uri

@@ -45,7 +45,7 @@ def _context(map_index=3, try_number=1):
 def shard(tmp_path):
     uri = f"file://{tmp_path}/_plans/run/shard-00003.txt"
     counts = {"discovered": 2, "ok": 1, "failed": 1, "skipped": 0, "shards": 1, "keyframes": 4,
-              "segments": 2, "summaries": 1, "wall_s": 3.2}
+              "segments": 2, "summaries": 1, "wall_s": 3.2, "load_s": 1.5}
     (tmp_path / "_plans" / "run").mkdir(parents=True)
     (tmp_path / "_plans" / "run" / "shard-00003.result.json").write_text(
         json.dumps({**counts, "failures": [{"uri": "file:///b.mp4", "error": "decode: not a video"}]}))
@@ -98,3 +98,20 @@ def test_dashboard_address():
     assert dashboard_address("ray-head", None, None) == "http://ray-head:8265"
     assert dashboard_address("ray-head", 8266, "https") == "https://ray-head:8266"
     assert dashboard_address("http://ray-head:8265", None, "") == "http://ray-head:8265"
+
+
+def test_nested_credentials_stay_out_of_the_job_and_its_log_line(monkeypatch, shard, caplog):
+    import logging
+
+    from tests.pipeline.test_secrets import SPELLINGS
+
+    shard_uri, _ = shard
+    fake = FakeJobs([JobStatus.SUCCEEDED])
+    op = _operator(monkeypatch, fake, shard_uri)
+    op.storage_options = SPELLINGS
+    with caplog.at_level(logging.INFO, logger="operators.ray_shard"):
+        op.execute(_context())
+    (entrypoint, _), = fake.submitted
+    logged = next(r.getMessage() for r in caplog.records if "submitted Ray job" in r.getMessage())
+    assert "minio:9000" in entrypoint and "minio:9000" in logged
+    assert "S-" not in entrypoint and "S-" not in logged, entrypoint

@@ -9,11 +9,12 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 from dataclasses import dataclass, field
 
 import ray.cloudpickle
 
-from pipeline.config import Resources
+from pipeline.config import Limits, Resources
 from pipeline.executor import RayExecutor
 from pipeline.stages.base import Stage
 from pipeline.task import VideoTask
@@ -24,12 +25,15 @@ class _Marking(Stage):
     """Appends its name to each task's ``language``; dies (SIGKILL) on tasks whose URI holds ``poison``."""
 
     poison: str = "poison"
+    hang: str = "hang"  # tasks whose URI holds this make it wait (nearly) forever
     resources: Resources = field(default_factory=lambda: Resources(cpus=0.25))
 
     def process(self, tasks: list[VideoTask]) -> None:
         for task in tasks:
             if self.poison in task.uri:
                 os.kill(os.getpid(), signal.SIGKILL)
+            if self.hang in task.uri:
+                time.sleep(3600)
             task.language = (task.language or "") + self.name[0]
 
 
@@ -63,8 +67,7 @@ def test_a_worker_killed_by_one_video_fails_that_video_only(ray_session):
     executor.start()
     try:
         (shard,) = executor.run_shards([_tasks(["a", "poison-decode", "b", "poison-model", "c"])])
-        assert executor.alive()  # the dead model actor was replaced
-        (again,) = executor.run_shards([_tasks(["d"])])
+        (again,) = executor.run_shards([_tasks(["d"])])  # on the actor that replaced the dead one
     finally:
         executor.stop()
     by_name = {t.uri.rsplit("/", 1)[1][:-4]: t for t in shard}
@@ -74,3 +77,28 @@ def test_a_worker_killed_by_one_video_fails_that_video_only(ray_session):
     # The videos that shared a batch with the poison were redone one by one and went on through every stage.
     assert all(by_name[n].ok and by_name[n].language == "dma" for n in ("a", "b", "c"))
     assert again[0].ok and again[0].language == "dma"
+
+
+def test_a_hung_video_costs_its_time_limit_and_fails_alone(ray_session):
+    limits = Limits(stage_s=2.0, stage_s_per_media_s=0.0, decode_s=3.0)
+    executor = RayExecutor(
+        _Marking(name="decode", poison="never", hang="hang-decode"),
+        [_Marking(name="model", poison="never", hang="hang-model", batch_size=4), _Marking(name="after", poison="never")],
+        limits=limits,
+    )
+    executor.start()
+    started = time.perf_counter()
+    try:
+        (shard,) = executor.run_shards([_tasks(["a", "hang-decode", "hang-model", "b"])])
+        (again,) = executor.run_shards([_tasks(["c"])])
+    finally:
+        executor.stop()
+    elapsed = time.perf_counter() - started
+    by_name = {t.uri.rsplit("/", 1)[1][:-4]: t for t in shard}
+    assert by_name["hang-decode"].error == "decode: exceeded its time limit of 3 s (limits.decode_s)"
+    assert by_name["hang-model"].error.startswith("model: exceeded its time limit of 2 s")
+    assert all(by_name[n].ok and by_name[n].language == "dma" for n in ("a", "b"))
+    assert again[0].ok and again[0].language == "dma"
+    # Decode's 3 s, the shard call's 3 x 2 s, the hung video's own 2 s, and restarting stopped workers;
+    # without limits the hour's sleep would hold the run.
+    assert elapsed < 60, elapsed

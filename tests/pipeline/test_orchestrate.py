@@ -3,6 +3,7 @@
 A committed shard here holds failed rows (no models needed): validation only cares about schemas, row
 counts and which inputs have a ``videos`` row.
 """
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -18,17 +19,18 @@ from pipeline.orchestrate import (
     list_and_shard,
     merge_storage_options,
     partition_for_interval,
-    read_json,
     storage_options_from_connection,
     storage_options_from_env,
     validate_and_publish,
 )
 from pipeline.rows import build_tables
 from pipeline.run import planned_shard
-from pipeline.tables import Output
+from pipeline.lease import Lease
+from pipeline.tables import Output, open_output
 from pipeline.task import VideoTask
 from schemas.manifest import ShardManifest, VideoEntry
 from schemas.plan import ShardPlan
+from schemas.run import Failure, PlannedShard, RunManifest, RunPlan, ShardOutcome, ShardResult
 
 UTC = dt.timezone.utc
 DAY = dt.datetime(2026, 11, 22, tzinfo=UTC)
@@ -49,22 +51,22 @@ def _shard_plan(uri, opts=None) -> ShardPlan:
 
 def _commit(output, shard_uri, opts=None):
     """Do what run_shard does for one shard plan, minus the models: every video a failed row."""
-    plan = read_json(posixpath.join(posixpath.dirname(shard_uri), "plan.json"), opts)
-    shard = next(s for s in plan["shards"] if s["uri"] == shard_uri)
+    plan = _run_plan(posixpath.join(posixpath.dirname(shard_uri), "plan.json"), opts)
+    shard = next(s for s in plan.shards if s.uri == shard_uri)
     items = planned_shard(_shard_plan(shard_uri, opts)).items
     tasks = []
     for i in items:
         task = VideoTask(i.video_id, i.uri, i.input_fingerprint, i.size)
         task.fail("decode", "not a video")
         tasks.append(task)
-    fingerprint = plan["config_fingerprint"]
-    tables = build_tables(tasks, shard_id=shard["shard_id"], config_fingerprint=fingerprint, embedding_dim=4,
+    fingerprint = plan.config_fingerprint
+    tables = build_tables(tasks, shard_id=shard.shard_id, config_fingerprint=fingerprint, embedding_dim=4,
                           model_names={"asr": "w", "summary": "l"}, processed_at=dt.datetime.now(UTC))
     manifest = ShardManifest(
         config_fingerprint=fingerprint, embedding_dim=4,
         videos=tuple(VideoEntry(i.video_id, i.input_fingerprint, i.uri, "failed") for i in items),
     )
-    Output(output, opts, plan["partition"]).write_shard(shard["shard_id"], tables, manifest)
+    Output(output, opts, plan.partition).write_shard(shard.shard_id, tables, manifest)
 
 
 def test_storage_options_from_env_and_connection():
@@ -131,13 +133,14 @@ def test_list_shard_validate_and_rerun_on_s3(s3):
     for shard in first["shards"]:
         _commit(out, shard, opts)
     _commit(out, first["shards"][0], opts)  # a retried shard rewrites itself
-    manifest = read_json(validate_and_publish(first["plan"], opts), opts)
-    assert manifest["inputs"] == 5 and manifest["videos"] == {"ok": 0, "failed": 5}
-    assert manifest["rows"]["videos"] == 5 and len(manifest["committed_shards"]) == 3
+    manifest = _run_manifest(validate_and_publish(first["plan"], opts), opts)
+    assert manifest.inputs == 5 and manifest.videos == {"ok": 0, "failed": 5} and manifest.processed == 5
+    assert manifest.rows["videos"] == 5 and len(manifest.committed_shards) == 3
+    assert [s.shard_id for s in manifest.shards] == [s.shard_id for s in _run_plan(first["plan"], opts).shards]
 
     again = list_and_shard(f"s3://{bucket}/in/", out, "second", shard_size=2, storage_options=opts)
     assert (again["pending"], again["skipped"], again["shards"]) == (0, 5, [])
-    assert read_json(validate_and_publish(again["plan"], opts), opts)["rows"]["videos"] == 5
+    assert _run_manifest(validate_and_publish(again["plan"], opts), opts).rows["videos"] == 5
 
 
 def test_forced_rerun_with_another_shard_size_keeps_shard_ids(tmp_path):
@@ -146,10 +149,11 @@ def test_forced_rerun_with_another_shard_size_keeps_shard_ids(tmp_path):
     first = list_and_shard(str(tmp_path / "in"), out, "one", shard_size=2)
     for shard in first["shards"]:
         _commit(out, shard)
-    ids = {s["shard_id"] for s in read_json(first["plan"])["shards"]}
+    ids = {s.shard_id for s in _run_plan(first["plan"]).shards}
+    Lease(Output(out), "one", shared=True).release()  # what run one's validate task does last
     again = list_and_shard(str(tmp_path / "in"), out, "two", shard_size=1, force=True)
     # Videos stay with the shard that holds them, so each old shard is rewritten by exactly one task.
-    assert {s["shard_id"] for s in read_json(again["plan"])["shards"]} == ids
+    assert {s.shard_id for s in _run_plan(again["plan"]).shards} == ids
     for shard in again["shards"]:
         _commit(out, shard)
     assert Output(out).read_table("videos").num_rows == 4
@@ -158,9 +162,8 @@ def test_forced_rerun_with_another_shard_size_keeps_shard_ids(tmp_path):
 def test_too_many_shards_grow_the_shard_size(tmp_path):
     _media(str(tmp_path / "in"), [f"v{n:02d}.mp4" for n in range(10)])
     result = list_and_shard(str(tmp_path / "in"), str(tmp_path / "out"), "big", shard_size=1, max_shards=4)
-    plan = read_json(result["plan"])
-    assert len(result["shards"]) == 4 and plan["shard_size"] == 3
-    assert sum(s["videos"] for s in plan["shards"]) == 10
+    plan = _run_plan(result["plan"])
+    assert len(result["shards"]) == 4 and plan.shard_size == 3 and plan.pending == 10
 
 
 def test_interval_run_replaces_its_partition(tmp_path):
@@ -176,27 +179,27 @@ def test_interval_run_replaces_its_partition(tmp_path):
     assert (again["cleared"], again["pending"]) == (1, 2)
     for shard in again["shards"]:
         _commit(out, shard)
-    manifest = read_json(validate_and_publish(again["plan"]))
-    assert manifest["partition"] == "dt=2026-11-22" and manifest["rows"]["videos"] == 2
+    manifest = _run_manifest(validate_and_publish(again["plan"]))
+    assert manifest.partition == "dt=2026-11-22" and manifest.rows["videos"] == 2
     assert Output(out).read_table("videos").num_rows == 2
 
 
-def test_validation_catches_duplicates_and_bad_counts(tmp_path):
+def test_validation_repairs_duplicates_and_catches_bad_counts(tmp_path):
     _media(str(tmp_path / "in"), ["a.mp4", "b.mp4"])
     out = str(tmp_path / "out")
     result = list_and_shard(str(tmp_path / "in"), out, "dup", shard_size=1)
     for shard in result["shards"]:
         _commit(out, shard)
     # The same video committed under a second shard id: two rows for one input.
-    plan = read_json(result["plan"])
-    plan["shards"][0]["shard_id"] = "00000000000000ff"
+    plan = _run_plan(result["plan"])
+    first = dataclasses.replace(plan.shards[0], shard_id="00000000000000ff")
     fs, path = fsspec.core.url_to_fs(result["plan"])
-    fs.pipe_file(path, json.dumps(plan).encode())
-    _commit(out, plan["shards"][0]["uri"])
-    twice = _shard_plan(plan["shards"][0]["uri"]).items[0].video_id
-    with pytest.raises(ValidationError, match=f"video {twice} has 2 videos rows"):
-        validate_and_publish(result["plan"])
-    Output(out).retract("00000000000000ff")
+    fs.pipe_file(path, dataclasses.replace(plan, shards=(first, *plan.shards[1:])).to_json().encode())
+    _commit(out, first.uri)
+    twice = _shard_plan(first.uri).items[0].video_id
+    # The validate task repairs first: the newest commit keeps the video, the older shard goes.
+    validate_and_publish(result["plan"])
+    assert Output(out).read_table("videos").column("video_id").to_pylist().count(twice) == 1
     manifest_path = next((tmp_path / "out" / "_manifests").glob("shard-*.json"))
     body = json.loads(manifest_path.read_text())
     body["files"]["videos"]["rows"] = 7
@@ -241,4 +244,29 @@ def test_run_shard_executes_its_plan_as_written(tmp_path, ray_session, model_cac
     # Planned for the tiny profile: a worker configured otherwise refuses rather than writes other rows.
     with pytest.raises(ConfigError, match=f"shard {planned.shard_id} was planned for configuration"):
         run_planned(load_config(str(tmp_path / "in"), out, "cpu"), planned)
-    assert read_json(posixpath.join(posixpath.dirname(shard_uri), "plan.json"))["retry_failed"] is True
+    assert _run_plan(posixpath.join(posixpath.dirname(shard_uri), "plan.json")).retry_failed is True
+
+
+def _run_plan(uri, opts=None) -> RunPlan:
+    fs, path = open_output(uri, opts)
+    return RunPlan.from_json(fs.cat_file(path))
+
+
+def _run_manifest(uri, opts=None) -> RunManifest:
+    fs, path = open_output(uri, opts)
+    return RunManifest.from_json(fs.cat_file(path))
+
+
+def test_run_records_read_back_as_written_and_from_older_runs():
+    plan = RunPlan("r", "in/", "out/", "fp", interval=("2026-11-22T00:00:00+00:00", "2026-11-23T00:00:00+00:00"),
+                   shards=(PlannedShard("out/_plans/r/shard-00000.json", "ab" * 8, 2),))
+    assert RunPlan.from_json(plan.to_json()) == plan and plan.pending == 2
+    result = ShardResult(ok=1, failed=1, failures=(Failure("file:///b.mp4", "decode: not a video"),))
+    assert ShardResult.from_json(result.to_json()) == result
+    assert "failures" not in result.counts() and result.counts()["failed"] == 1
+    manifest = RunManifest("r", "p", "in/", "out/", "fp", "1", "2", shards=(ShardOutcome("u", "s", 2, result),))
+    assert RunManifest.from_json(manifest.to_json()) == manifest
+    # A plan written before these classes: extra keys are ignored, the shards still become records.
+    old = {"run_id": "r", "input_uri": "i", "output_uri": "o", "config_fingerprint": "f", "media": 3,
+           "shards": [{"uri": "u", "shard_id": "s", "videos": 3}], "some_later_key": 1}
+    assert RunPlan.from_json(json.dumps(old)).shards == (PlannedShard("u", "s", 3),)

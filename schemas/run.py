@@ -1,0 +1,145 @@
+"""The run's records: its plan, each shard's result and the run manifest, each written and read by one class.
+
+``list_and_shard`` writes ``RunPlan`` (``_plans/<run>/plan.json``) next to the shard plans; ``run_shard``
+reads it back and writes a ``ShardResult`` (``shard-NNNNN.result.json``) when its shard is done;
+``validate_and_publish`` reads both and writes the ``RunManifest`` (``_runs/<run>.json``). Unknown keys are
+ignored and missing ones take their defaults, so records of older runs still read.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping, TypeVar
+
+R = TypeVar("R")
+
+
+class _Record:
+    """JSON in and out for a frozen dataclass of plain values, nested records and tuples of records."""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls: type[R], text: str | bytes) -> R:
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"not a {cls.__name__}: a JSON object was expected")
+        return _build(cls, data)
+
+
+def _build(cls: type[R], data: Mapping[str, Any]) -> R:
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            values[f.name] = _value(hints[f.name], data[f.name])
+    return cls(**values)
+
+
+def _value(hint: Any, value: Any) -> Any:
+    """``value`` as ``hint`` says: a record from a mapping, a tuple of records from a list."""
+    if value is None:
+        return None
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # X | None: the X
+        (hint,) = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) is tuple:
+        return tuple(_value(typing.get_args(hint)[0], v) for v in value)
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        return _build(hint, value)
+    return value
+
+
+@dataclass(frozen=True)
+class PlannedShard:
+    uri: str  # of its ShardPlan
+    shard_id: str
+    videos: int
+
+
+@dataclass(frozen=True)
+class RunPlan(_Record):
+    """What a run is: where from, where to, under which configuration, and its shards."""
+
+    run_id: str
+    input_uri: str
+    output_uri: str
+    config_fingerprint: str
+    profile: str = "tiny"
+    partition: str | None = None
+    interval: tuple[str, ...] | None = None  # [start, end) as ISO times, for interval runs
+    config_file: str | None = None
+    force: bool = False
+    retry_failed: bool = False
+    shard_size: int = 8
+    media: int = 0  # inputs listed
+    skipped: int = 0  # of those, already done
+    cleared: int = 0  # committed shards retracted first (a replaced partition)
+    shards: tuple[PlannedShard, ...] = ()
+    planned_at: str = ""
+
+    @property
+    def pending(self) -> int:
+        return sum(s.videos for s in self.shards)
+
+
+@dataclass(frozen=True)
+class Failure:
+    uri: str
+    error: str
+
+
+@dataclass(frozen=True)
+class ShardResult(_Record):
+    """What running one shard did: its counts, and its failed inputs with their errors."""
+
+    discovered: int = 0
+    ok: int = 0
+    failed: int = 0
+    skipped: int = 0
+    shards: int = 0
+    keyframes: int = 0
+    segments: int = 0
+    summaries: int = 0
+    wall_s: float = 0.0
+    load_s: float = 0.0  # of which finding or loading the models (about 0 when an earlier run left them loaded)
+    failures: tuple[Failure, ...] = ()
+
+    def counts(self) -> dict[str, Any]:
+        """The counts alone: what travels through XCom (failures stay in the file)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "failures"}
+
+
+@dataclass(frozen=True)
+class ShardOutcome:
+    uri: str
+    shard_id: str
+    videos: int
+    result: ShardResult | None = None  # None: the shard wrote no result (it was never run)
+
+
+@dataclass(frozen=True)
+class RunManifest(_Record):
+    """A validated run: what it was, what the tables hold after it, and each shard's outcome."""
+
+    run_id: str
+    plan: str  # the plan's URI
+    input_uri: str
+    output_uri: str
+    config_fingerprint: str
+    pipeline_version: str
+    schema_version: str
+    partition: str | None = None
+    interval: tuple[str, ...] | None = None
+    profile: str = "tiny"
+    inputs: int = 0
+    processed: int = 0
+    skipped: int = 0
+    videos: Mapping[str, int] = field(default_factory=dict)  # by status
+    rows: Mapping[str, int] = field(default_factory=dict)  # by table
+    committed_shards: tuple[str, ...] = ()
+    shards: tuple[ShardOutcome, ...] = ()
+    validated_at: str = ""
