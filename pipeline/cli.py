@@ -139,12 +139,22 @@ def run(
             summary = run_pipeline(cfg, progress=bar.update)
         except KeyboardInterrupt as exc:
             signum = getattr(exc, "signum", signal.SIGINT)
+            _stop_ray()
             raise Interrupted(signum, f"{bar.shards_written} shards committed, rerun to continue") from None
     if summary.discovered == 0:
         _note(_nothing_found_hint(input))
     print_summary(out, summary)
     if summary.ok == 0 and summary.failed and not summary.skipped:
         raise typer.Exit(1)
+
+
+def _stop_ray() -> None:
+    """Stop this process's Ray now, not at exit: what its processes print while they are stopped (actors
+    killed mid-load) then comes before the run's last line instead of after it."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
 
 
 def _nothing_found_hint(input: str) -> str:
