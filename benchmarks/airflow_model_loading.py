@@ -56,6 +56,7 @@ def _start_ray(tmp: Path) -> tuple[subprocess.Popen, int]:
             return head, dashboard
         except (OSError, RuntimeError) as exc:
             if time.monotonic() > deadline or head.poll() is not None:
+                _stop_ray(head)
                 raise SystemExit(f"the Ray head did not start: {exc}") from None
             time.sleep(1)
 

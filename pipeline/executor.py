@@ -34,6 +34,7 @@ NAMESPACE = "reelscope"  # where the model actors are named
 IDLE_S = 300.0  # how long a detached model actor waits for work before it leaves
 
 _joined = False  # whether this process joined a cluster that outlives it (else it started its own Ray)
+_held: dict[str, object] = {}  # name -> handle of every model actor this process made or found: keeps them
 
 
 class ModelLoadError(RuntimeError):
@@ -122,12 +123,14 @@ class _StageActor:
         return len(done), done
 
 
-def _decode_one(stage: Stage, task: VideoTask) -> tuple[float, list[VideoTask]]:
-    """One video decoded: its duration (what its time limits in the model stages are sized by: a few bytes
-    for the driver) and the task for the first model stage (which only the actors fetch)."""
+def _decode_one(stage: Stage, task: VideoTask) -> tuple[float | None, list[VideoTask]]:
+    """One video decoded: its duration, or None when it failed (a few bytes for the driver: what its time
+    limits in the model stages are sized by, and whether it needs them at all), and the task for the first
+    model stage (which only the actors fetch)."""
     (done,) = stage.process_batch([task])
-    duration = done.probe.duration_s if done.ok and done.probe is not None else 0.0
-    return float(duration or 0.0), [done]
+    if not done.ok:
+        return None, [done]
+    return float((done.probe.duration_s if done.probe is not None else 0.0) or 0.0), [done]
 
 
 @dataclass
@@ -161,8 +164,11 @@ class RayExecutor:
             release_models(keep={name for pool in names.values() for name in pool})
         self.pools = {stage.name: [self._actor(stage, name) for name in names[stage.name]] for stage in self.model_stages}
         self._replaced = {}
+        self.model_info: dict[str, dict] = {}  # per stage, once its models are loaded: name and width
         # The models load while the first shards decode; the first stage call waits for them (wait_loaded).
-        self._loading = {a.setup.remote(): stage for stage in self.model_stages for a in self.pools[stage.name]}
+        self._loading = {
+            actor.setup.remote(): (stage, i) for stage in self.model_stages for i, actor in enumerate(self.pools[stage.name])
+        }
 
     def wait_loaded(self) -> None:
         """Wait until every actor has its model; ``stage_seconds["load models"]`` is the time waited."""
@@ -171,9 +177,14 @@ class RayExecutor:
         if not self._loading:
             return
         start, loading = time.perf_counter(), 0.0
-        for ref, stage in self._loading.items():
+        for ref, (stage, i) in self._loading.items():
             try:
-                loading += ray.get(ref)
+                try:
+                    loading += ray.get(ref)
+                except ray.exceptions.RayActorError:
+                    # Found by its name as it was leaving (idle on a cluster): a fresh one takes its place.
+                    self.pools[stage.name][i] = self._actor(stage, f"{self._name(stage, i)}-{os.urandom(3).hex()}")
+                    loading += ray.get(self.pools[stage.name][i].setup.remote())
             except Exception as exc:
                 self.stop()
                 cause = getattr(exc, "cause", None) or exc
@@ -205,8 +216,14 @@ class RayExecutor:
         }
         if _joined and self.idle_s:
             # On a cluster the run only joined, the models outlive it for the next run (the next shard task).
-            return ray.remote(_StageActor).options(lifetime="detached", **opts).remote(stage, self.device, self.idle_s)
-        return ray.remote(_StageActor).options(**opts).remote(stage, self.device)
+            actor = ray.remote(_StageActor).options(lifetime="detached", **opts).remote(stage, self.device, self.idle_s)
+        else:
+            actor = ray.remote(_StageActor).options(**opts).remote(stage, self.device)
+        # Ray ends an actor once its creator's handle is gone, named or not: the first handle to each one is kept
+        # (a handle found by name is not its creator's, so it must not take the first one's place).
+        if name not in _held or _held[name]._actor_id != actor._actor_id:
+            _held[name] = actor
+        return actor
 
     def stop(self) -> None:
         import ray
@@ -276,19 +293,21 @@ class RayExecutor:
                 if not flight.waiting:  # every video of the shard decoded (or failed doing so)
                     self._add(self.decoder.name, flight.started)
                     self._decoded(flight)
+                    if not flight.durations:  # nothing decoded: no model has work, none need be waited for
+                        flight.step = len(order) - 1
                     self._advance(decoding[ref], flights, queued, order, finished)
-                continue
-            call = running.pop(ref)
-            flight = flights[call.shard]
-            self._add(call.stage, call.started)
-            try:
-                ray.get(ref)  # a few bytes: whether the call went through
-                idle[call.stage].append(call.actor)
-                flight.inputs = [flight.sent]
-            except ray.exceptions.RayActorError:  # the actor died or was stopped: its videos one by one
-                idle[call.stage].append(self._replace(self._stage(call.stage), call.actor))
-                flight.inputs = [ray.put(self._recover(self._stage(call.stage), flight))]
-            self._advance(call.shard, flights, queued, order, finished)
+            else:
+                call = running.pop(ref)
+                flight = flights[call.shard]
+                self._add(call.stage, call.started)
+                try:
+                    ray.get(ref)  # a few bytes: whether the call went through
+                    idle[call.stage].append(call.actor)
+                    flight.inputs = [flight.sent]
+                except ray.exceptions.RayActorError:  # the actor died or was stopped: its videos one by one
+                    idle[call.stage].append(self._replace(self._stage(call.stage), call.actor))
+                    flight.inputs = [ray.put(self._recover(self._stage(call.stage), flight))]
+                self._advance(call.shard, flights, queued, order, finished)
             while next_out in finished:
                 yield finished.pop(next_out)
                 next_out += 1
@@ -347,7 +366,9 @@ class RayExecutor:
 
         for i, (task, meta) in enumerate(zip(flight.tasks, flight.meta)):
             try:
-                flight.durations[task.video_id] = ray.get(meta)
+                duration = ray.get(meta)
+                if duration is not None:
+                    flight.durations[task.video_id] = duration
             except ray.exceptions.RayError as exc:
                 why = (f"exceeded its time limit of {self.limits.decode_s:g} s (limits.decode_s)"
                        if meta in flight.cancelled else _worker_died(exc))
@@ -425,7 +446,7 @@ class _Flight:
     inputs: list = field(init=False)  # what its next stage call takes: refs of lists of tasks
     waiting: set = field(init=False)  # duration refs of decodes not yet done
     cancelled: set = field(default_factory=set)  # duration refs of decodes stopped at their time limit
-    durations: dict[str, float] = field(default_factory=dict)  # video id -> seconds of media
+    durations: dict[str, float] = field(default_factory=dict)  # video id -> seconds of media, if decoded
 
     def __post_init__(self) -> None:
         self.inputs, self.waiting = list(self.decoding), set(self.meta)
@@ -474,6 +495,7 @@ def release_models(keep: set[str] = frozenset()) -> list[str]:
     gone = []
     for entry in ray.util.list_named_actors(all_namespaces=True):
         if entry["namespace"] == NAMESPACE and entry["name"] not in keep:
+            _held.pop(entry["name"], None)
             try:
                 ray.kill(ray.get_actor(entry["name"], namespace=NAMESPACE))
             except ValueError:  # it left meanwhile

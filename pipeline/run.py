@@ -147,7 +147,8 @@ def _execute(
     batches = [[VideoTask(i.video_id, i.uri, i.input_fingerprint, i.size) for i in s.items] for s in shards]
     for n, (shard, tasks) in enumerate(zip(shards, executor.run_shards(batches, on_stage)), 1):
         write_start = time.perf_counter()
-        manifest = _write(output, config, shard, tasks, executor.model_info)
+        dim = executor.model_info.get("embedding", {}).get("dim")  # None: no video got as far as a model
+        manifest = _write(output, config, shard, tasks, {s.name: s.model_name for s in stages}, dim)
         executor.stage_seconds["write"] = executor.stage_seconds.get("write", 0.0) + time.perf_counter() - write_start
         summary.manifests.append(output.manifest_path(shard.shard_id))
         summary.shards += 1
@@ -185,17 +186,18 @@ def stage_stats(tasks: list[VideoTask]) -> dict[str, StageStats]:
 
 
 def _write(
-    output: Output, config: RunConfig, shard: Shard, tasks: list[VideoTask], model_info: dict,
+    output: Output, config: RunConfig, shard: Shard, tasks: list[VideoTask], names: dict[str, str],
+    dim: int | None,
 ) -> ShardManifest:
-    names = {role: model_info[role]["name"] for role in ROLES}
-    dim = model_info["embedding"]["dim"]
+    """Commit one shard. ``dim`` is the embedding width, None when no model was needed (every video failed to
+    decode): the shard then has no keyframes, and its manifest says no width."""
     fingerprint = config.fingerprint()
     now = dt.datetime.now(dt.timezone.utc)
     tables = build_tables(
         tasks,
         shard_id=shard.shard_id,
         config_fingerprint=fingerprint,
-        embedding_dim=dim,
+        embedding_dim=dim or 1,
         model_names=names,
         processed_at=now,
     )

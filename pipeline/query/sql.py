@@ -26,6 +26,8 @@ def _literal(text: str) -> str:
 def _embedding_dims(snapshot: Snapshot) -> set[int]:
     dims = set()
     for m, path in zip(snapshot.manifests, snapshot.paths("keyframes")):
+        if m.files["keyframes"].rows == 0:  # no vector there (a shard none of whose videos decoded)
+            continue
         if m.embedding_dim is None:  # a manifest that does not say: ask the file's own schema
             with snapshot.output.fs.open(path, "rb") as f:
                 dims.add(pq.read_schema(f).field("embedding").type.list_size)

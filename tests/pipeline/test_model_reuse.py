@@ -62,3 +62,18 @@ def test_an_idle_model_actor_leaves_on_its_own(ray_session):
 
 def _named() -> set[str]:
     return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["namespace"] == NAMESPACE}
+
+
+def test_a_second_run_in_the_same_process_finds_the_models_loaded(ray_session, model_cache, tmp_path):
+    from pipeline.config import load_config
+    from pipeline.run import run
+
+    for n, colour in enumerate(["red", "blue"]):
+        make_video(tmp_path / f"in{n}" / "v.mp4", [(colour, 1.0)])
+    first, second = (
+        run(load_config(str(tmp_path / f"in{n}"), str(tmp_path / f"out{n}"), "tiny", cache_dir=model_cache))
+        for n in range(2)
+    )
+    assert (first.ok, second.ok) == (1, 1)
+    # Between runs the process keeps its actors (Ray would end them once their creator's handle was dropped).
+    assert second.stage_seconds["load models"] < 0.5, (first.stage_seconds, second.stage_seconds)

@@ -151,3 +151,27 @@ def test_s3_input_and_output(s3, ray_session, model_cache, mixed_folder):
     assert out.read_table("videos").num_rows == 2 and out.read_table("keyframes").num_rows == 3
     assert fs.exists(f"{bucket}/tables/_manifests")
     assert run(cfg).skipped == 2
+
+
+def test_nothing_decodable_waits_for_no_model_and_mixes_with_later_shards(tmp_path, ray_session, model_cache):
+    from pipeline.media.synth import make_video
+    from pipeline.query import open_snapshot
+    from pipeline.query.sql import connect, run_sql
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "letter.mp4").write_text("Dear reader, this is not a video.\n" * 20)
+    config = load_config(str(tmp_path / "in"), str(tmp_path / "out"), "tiny", cache_dir=model_cache)
+    summary = run(config)
+    assert (summary.ok, summary.failed) == (0, 1)
+    # The shard went from decode straight to its commit: no stage call, so the run never waited for a model.
+    assert "load models" not in summary.stage_seconds and "asr" not in summary.stage_seconds
+    (manifest,) = Output(config.output).manifests()
+    assert manifest.embedding_dim is None and manifest.files["keyframes"].rows == 0
+
+    make_video(tmp_path / "in" / "scenes.mp4", [("red", 1.0), ("blue", 1.0)])
+    assert run(config).ok == 1
+    # The width-less empty shard neither breaks reading the table nor the vector type SQL gives it.
+    assert Output(config.output).read_table("keyframes").num_rows > 0
+    con = connect(open_snapshot(config.output))
+    (dim,) = {m.embedding_dim for m in Output(config.output).manifests()} - {None}
+    assert run_sql(con, "SELECT typeof(embedding) AS t FROM keyframes LIMIT 1").to_pylist() == [{"t": f"FLOAT[{dim}]"}]
