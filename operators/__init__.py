@@ -7,7 +7,7 @@ from operators.common import (
 )
 from operators.list_and_shard import ListAndShardOperator
 from operators.ray_shard import RayShardOperator
-from operators.validate import ValidateAndPublishOperator
+from operators.validate import ReleaseOutputOperator, ValidateAndPublishOperator
 from operators.wiring import run_and_publish
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "STORAGE_TEMPLATES",
     "ListAndShardOperator",
     "RayShardOperator",
+    "ReleaseOutputOperator",
     "ValidateAndPublishOperator",
     "run_and_publish",
     "shared_params",

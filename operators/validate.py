@@ -34,3 +34,22 @@ class ValidateAndPublishOperator(BaseOperator):
         except ValidationError as exc:
             # Tables that do not add up stay that way; retrying would only delay the alarm.
             raise AirflowFailException(str(exc)) from exc
+
+
+class ReleaseOutputOperator(BaseOperator):
+    """Calls ``pipeline.orchestrate.release_run`` on ``plan_uri``: the run's teardown, which frees the output
+    from its lease even when shards failed (validation frees it after a run that succeeded)."""
+
+    template_fields = ("plan_uri", "storage_options", "aws_conn_id")
+    ui_color = "#f1f3f4"
+
+    def __init__(
+        self, *, plan_uri: Any, storage_options: Any = None, aws_conn_id: str | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.plan_uri, self.storage_options, self.aws_conn_id = plan_uri, storage_options, aws_conn_id
+
+    def execute(self, context) -> None:
+        from pipeline.orchestrate import release_run
+
+        release_run(str(self.plan_uri), resolve_storage_options(self.aws_conn_id, self.storage_options))

@@ -1,9 +1,10 @@
-"""The part both DAGs share: one mapped Ray task per listed shard, then validation of what they wrote."""
+"""The part both DAGs share: one mapped Ray task per listed shard, validation of what they wrote, and a
+teardown that frees the output whatever happened."""
 from __future__ import annotations
 
 from operators.common import GPU_POOL, SHARD_TIMEOUT, STORAGE_TEMPLATES
 from operators.ray_shard import RayShardOperator
-from operators.validate import ValidateAndPublishOperator
+from operators.validate import ReleaseOutputOperator, ValidateAndPublishOperator
 
 
 def run_and_publish(listing) -> ValidateAndPublishOperator:
@@ -20,4 +21,7 @@ def run_and_publish(listing) -> ValidateAndPublishOperator:
         task_id="validate_and_publish", plan_uri=listing.output["plan"], trigger_rule="none_failed", **STORAGE_TEMPLATES
     )
     shards >> publish
+    # A teardown: it runs once the run's work is over, failed or not, and does not decide the run's state.
+    release = ReleaseOutputOperator(task_id="release_output", plan_uri=listing.output["plan"], **STORAGE_TEMPLATES)
+    publish >> release.as_teardown()
     return publish

@@ -12,7 +12,7 @@ from pipeline.orchestrate.storage import (
     storage_options_from_env,
     without_secrets,
 )
-from pipeline.orchestrate.validate import ValidationError, validate_and_publish
+from pipeline.orchestrate.validate import ValidationError, release_run, validate_and_publish
 
 __all__ = [
     "ValidationError",
@@ -22,6 +22,7 @@ __all__ = [
     "list_and_shard",
     "merge_storage_options",
     "partition_for_interval",
+    "release_run",
     "result_path",
     "run_key",
     "run_shard",

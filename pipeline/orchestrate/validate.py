@@ -75,6 +75,16 @@ def validate_and_publish(plan_uri: str, storage_options: Mapping[str, Any] | Non
         return _validate(output, plan, plan_uri, inputs, fs, opts)
 
 
+def release_run(plan_uri: str, storage_options: Mapping[str, Any] | None = None) -> None:
+    """Free the output from the run of ``plan_uri`` whatever became of it (a no-op once validation freed
+    it): a run whose shards failed must not keep the next run out until its lease expires. A retry of the
+    same run takes the lease again."""
+    opts = merge_storage_options(storage_options_from_env(), storage_options)
+    fs, plan_path = open_output(plan_uri, opts)
+    plan = RunPlan.from_json(fs.cat_file(plan_path))
+    Lease(Output(plan.output_uri, opts, plan.partition), run_key(plan.run_id), shared=True).release()
+
+
 def _validate(output: Output, plan: RunPlan, plan_uri: str, inputs: list[str], fs, opts) -> str:
     """Check the committed shards against the plan; publish the run manifest when they add up."""
     problems: list[str] = []

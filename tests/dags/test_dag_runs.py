@@ -124,3 +124,19 @@ def test_daily_interval_and_its_replacement(dags, samples, s3, monkeypatch):
     manifest = json.loads(fs.cat(runs[-1]))
     assert manifest["inputs"] == 2 and manifest["videos"] == {"ok": 2, "failed": 0}
     assert manifest["partition"] == "dt=2026-11-22" and manifest["interval"][0].startswith("2026-11-22T00:00:00")
+
+
+def test_a_failed_run_frees_its_output_for_the_next(dags, samples, tmp_path):
+    from pipeline.orchestrate import list_and_shard
+
+    videos, _ = samples
+    conf = {"input_uri": str(videos[0].parent), "output_uri": str(tmp_path / "out"), "shard_size": 2,
+            "ray_conn_id": "no_such_connection",  # every shard task fails
+            "aws_conn_id": "", "storage_options": {}}  # dag.test() keeps an earlier run's conf as the params
+    dr = dags["reelscope_archive"].test(run_conf=conf)
+    states = {(t, i): s for t, i, s in _states(dr)}
+    assert dr.state == "failed", states
+    assert states[("validate_and_publish", -1)] == "upstream_failed"
+    # The teardown ran anyway, and did not make the run look successful: the next run may plan at once.
+    assert states[("release_output", -1)] == "success"
+    assert list_and_shard(conf["input_uri"], conf["output_uri"], "the-next-run")["pending"] == 3  # with broken.mp4
