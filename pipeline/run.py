@@ -190,8 +190,12 @@ def _write(
     dim: int | None,
 ) -> ShardManifest:
     """Commit one shard. ``dim`` is the embedding width, None when no model was needed (every video failed to
-    decode): the shard then has no keyframes, and its manifest says no width."""
+    decode): the shard then has no keyframes of its own, and takes the width of the shards committed under
+    this configuration (whose rows a partial redo carries over), or none at all."""
     fingerprint = config.fingerprint()
+    if dim is None:
+        same = (m.embedding_dim for m in output.manifests() if m.config_fingerprint == fingerprint)
+        dim = next((d for d in same if d), None)
     now = dt.datetime.now(dt.timezone.utc)
     tables = build_tables(
         tasks,
