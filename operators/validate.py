@@ -8,48 +8,48 @@ from airflow.sdk import BaseOperator
 from operators.common import resolve_storage_options
 
 
-class ValidateAndPublishOperator(BaseOperator):
-    """Calls ``pipeline.orchestrate.validate_and_publish`` on ``plan_uri`` (templated, or an XComArg such
-    as ``listing.output["plan"]``), which repairs the output under the run's lease first (``pipeline.repair``)
-    and releases the lease last; returns the run manifest's URI. Fails without retrying, listing the
-    problems, when a schema, a row count or an input does not add up."""
+class _OnPlan(BaseOperator):
+    """An operator on a listed run: ``plan_uri`` (templated, or an XComArg such as ``listing.output["plan"]``)
+    and the storage settings to read it with."""
 
     template_fields = ("plan_uri", "storage_options", "aws_conn_id")
-    ui_color = "#e6f4ea"
 
     def __init__(
         self, *, plan_uri: Any, storage_options: Any = None, aws_conn_id: str | None = None, **kwargs: Any
     ) -> None:
         super().__init__(**kwargs)
         self.plan_uri, self.storage_options, self.aws_conn_id = plan_uri, storage_options, aws_conn_id
+
+    def _options(self) -> dict:
+        return resolve_storage_options(self.aws_conn_id, self.storage_options)
+
+
+class ValidateAndPublishOperator(_OnPlan):
+    """Calls ``pipeline.orchestrate.validate_and_publish`` on ``plan_uri``, which repairs the output under the
+    run's lease first (``pipeline.repair``) and releases the lease last; returns the run manifest's URI. Fails
+    without retrying, listing the problems, when a schema, a row count or an input does not add up."""
+
+    ui_color = "#e6f4ea"
 
     def execute(self, context) -> str:
         from airflow.sdk.exceptions import AirflowFailException
 
         from pipeline.orchestrate import ValidationError, validate_and_publish
 
-        opts = resolve_storage_options(self.aws_conn_id, self.storage_options)
         try:
-            return validate_and_publish(str(self.plan_uri), opts)
+            return validate_and_publish(str(self.plan_uri), self._options())
         except ValidationError as exc:
             # Tables that do not add up stay that way; retrying would only delay the alarm.
             raise AirflowFailException(str(exc)) from exc
 
 
-class ReleaseOutputOperator(BaseOperator):
+class ReleaseOutputOperator(_OnPlan):
     """Calls ``pipeline.orchestrate.release_run`` on ``plan_uri``: the run's teardown, which frees the output
     from its lease even when shards failed (validation frees it after a run that succeeded)."""
 
-    template_fields = ("plan_uri", "storage_options", "aws_conn_id")
     ui_color = "#f1f3f4"
-
-    def __init__(
-        self, *, plan_uri: Any, storage_options: Any = None, aws_conn_id: str | None = None, **kwargs: Any
-    ) -> None:
-        super().__init__(**kwargs)
-        self.plan_uri, self.storage_options, self.aws_conn_id = plan_uri, storage_options, aws_conn_id
 
     def execute(self, context) -> None:
         from pipeline.orchestrate import release_run
 
-        release_run(str(self.plan_uri), resolve_storage_options(self.aws_conn_id, self.storage_options))
+        release_run(str(self.plan_uri), self._options())

@@ -105,21 +105,21 @@ class _StageActor:
         self.loaded = True
         return time.perf_counter() - start
 
-    def describe(self) -> dict:
-        return {"name": getattr(self.stage, "model_name", None), "dim": getattr(getattr(self.stage, "model", None), "dim", None)}
+    def dim(self) -> int | None:
+        """The model's output width (the embedder's: what the keyframes' vectors have), if it has one."""
+        return getattr(getattr(self.stage, "model", None), "dim", None)
 
     def process_batch(self, tasks: list[VideoTask]) -> list[VideoTask]:
         self.last_call = time.monotonic()
-        return self.stage.process_batch(tasks)
+        size = self.stage.batch_size
+        done = [t for i in range(0, len(tasks), size) for t in self.stage.process_batch(tasks[i : i + size])]
+        self.last_call = time.monotonic()  # idle from the end of a call, however long it took
+        return done
 
     def process_refs(self, *parts: list[VideoTask]) -> tuple[int, list[VideoTask]]:
         """A shard's tasks, given as the parts Ray resolved from refs (one per decoded video, or one list);
         returns a tiny status for the driver to wait on, and the tasks for the next stage."""
-        self.last_call = time.monotonic()
-        tasks = [t for part in parts for t in part]
-        size = self.stage.batch_size
-        done = [t for i in range(0, len(tasks), size) for t in self.stage.process_batch(tasks[i : i + size])]
-        self.last_call = time.monotonic()
+        done = self.process_batch([t for part in parts for t in part])
         return len(done), done
 
 
@@ -164,7 +164,7 @@ class RayExecutor:
             release_models(keep={name for pool in names.values() for name in pool})
         self.pools = {stage.name: [self._actor(stage, name) for name in names[stage.name]] for stage in self.model_stages}
         self._replaced = {}
-        self.model_info: dict[str, dict] = {}  # per stage, once its models are loaded: name and width
+        self.dims: dict[str, int | None] = {}  # per stage, once its models are loaded: the output width
         # The models load while the first shards decode; the first stage call waits for them (wait_loaded).
         self._loading = {
             actor.setup.remote(): (stage, i) for stage in self.model_stages for i, actor in enumerate(self.pools[stage.name])
@@ -194,9 +194,8 @@ class RayExecutor:
                 ) from None
         self._loading = {}
         self.stage_seconds["load models"] = time.perf_counter() - start
-        self.reused = loading == 0.0  # every actor had its model loaded already
-        self.model_info = {name: ray.get(actors[0].describe.remote()) for name, actors in self.pools.items()}
-        log.info("models %s on %s after %.1f s of waiting", "found loaded" if self.reused else "loaded",
+        self.dims = {name: ray.get(actors[0].dim.remote()) for name, actors in self.pools.items()}
+        log.info("models %s on %s after %.1f s of waiting", "loaded" if loading else "found loaded",
                  self.device, self.stage_seconds["load models"])
 
     def _name(self, stage: Stage, index: int) -> str:
@@ -340,9 +339,9 @@ class RayExecutor:
         while queue or running:
             while queue and idle:
                 actor, task = idle.pop(), queue.popleft()
-                limit = self._limit([flight.durations.get(task.video_id, 0.0)])
-                due = time.perf_counter() + limit
-                running[actor.process_batch.remote([task])] = _Call(0, stage.name, actor, due - limit, due, task)
+                now = time.perf_counter()
+                due = now + self._limit([flight.durations.get(task.video_id, 0.0)])
+                running[actor.process_batch.remote([task])] = _Call(0, stage.name, actor, now, due, task)
             ready, _ = ray.wait(list(running), num_returns=1, timeout=self._wait_s(running, {}))
             if not ready:
                 self._expire(running, {})

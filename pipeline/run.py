@@ -145,10 +145,11 @@ def _execute(
             progress(f"shard {index + 1}/{len(shards)}: {name}", done, todo)
 
     batches = [[VideoTask(i.video_id, i.uri, i.input_fingerprint, i.size) for i in s.items] for s in shards]
+    names = {s.name: s.model_name for s in stages}
     for n, (shard, tasks) in enumerate(zip(shards, executor.run_shards(batches, on_stage)), 1):
         write_start = time.perf_counter()
-        dim = executor.model_info.get("embedding", {}).get("dim")  # None: no video got as far as a model
-        manifest = _write(output, config, shard, tasks, {s.name: s.model_name for s in stages}, dim)
+        dim = executor.dims.get("embedding")  # None: no video got as far as a model
+        manifest = _write(output, config, shard, tasks, names, dim)
         executor.stage_seconds["write"] = executor.stage_seconds.get("write", 0.0) + time.perf_counter() - write_start
         summary.manifests.append(output.manifest_path(shard.shard_id))
         summary.shards += 1

@@ -63,29 +63,33 @@ def validate_and_publish(plan_uri: str, storage_options: Mapping[str, Any] | Non
 
     Raises ``ValidationError`` (after logging every problem) when the tables do not add up.
     """
-    opts = merge_storage_options(storage_options_from_env(), storage_options)
-    fs, plan_path = open_output(plan_uri, opts)
-    plan = RunPlan.from_json(fs.cat_file(plan_path))
+    fs, plan_path, plan, output = _open_plan(plan_uri, storage_options)
     plan_dir = posixpath.dirname(plan_path)
     inputs = [line for line in fs.cat_file(posixpath.join(plan_dir, INPUTS_FILE)).decode().splitlines() if line]
-    output = Output(plan.output_uri, opts, plan.partition)
     # The run's last task: it joins the run's lease, repairs and validates under it, and frees the output.
     with Lease(output, run_key(plan.run_id), shared=True, joins=True, release=True):
         repair(output)
-        return _validate(output, plan, plan_uri, inputs, fs, opts)
+        return _validate(output, plan, plan_uri, inputs, fs)
 
 
 def release_run(plan_uri: str, storage_options: Mapping[str, Any] | None = None) -> None:
     """Free the output from the run of ``plan_uri`` whatever became of it (a no-op once validation freed
     it): a run whose shards failed must not keep the next run out until its lease expires. A retry of the
     same run takes the lease again."""
+    _, _, plan, output = _open_plan(plan_uri, storage_options)
+    Lease(output, run_key(plan.run_id), shared=True).release()
+
+
+def _open_plan(plan_uri: str, storage_options: Mapping[str, Any] | None) -> tuple[Any, str, RunPlan, Output]:
+    """The run's plan (its filesystem and path too) and the output it writes, with the environment's storage
+    options under the caller's."""
     opts = merge_storage_options(storage_options_from_env(), storage_options)
     fs, plan_path = open_output(plan_uri, opts)
     plan = RunPlan.from_json(fs.cat_file(plan_path))
-    Lease(Output(plan.output_uri, opts, plan.partition), run_key(plan.run_id), shared=True).release()
+    return fs, plan_path, plan, Output(plan.output_uri, opts, plan.partition)
 
 
-def _validate(output: Output, plan: RunPlan, plan_uri: str, inputs: list[str], fs, opts) -> str:
+def _validate(output: Output, plan: RunPlan, plan_uri: str, inputs: list[str], fs) -> str:
     """Check the committed shards against the plan; publish the run manifest when they add up."""
     problems: list[str] = []
     rows = collections.Counter()
@@ -107,7 +111,7 @@ def _validate(output: Output, plan: RunPlan, plan_uri: str, inputs: list[str], f
     status = collections.Counter(videos.column("status").to_pylist())
     outcomes = []
     for shard in plan.shards:
-        rpath = result_path(open_output(shard.uri, opts)[1])
+        rpath = result_path(open_output(shard.uri, output.storage_options)[1])
         result = ShardResult.from_json(fs.cat_file(rpath)) if fs.exists(rpath) else None
         outcomes.append(ShardOutcome(shard.uri, shard.shard_id, shard.videos, result))
     manifest = RunManifest(

@@ -50,14 +50,14 @@ def test_a_second_shard_process_finds_the_models_loaded(ray_session, model_cache
 def test_an_idle_model_actor_leaves_on_its_own(ray_session):
     name = f"idle-{os.getpid()}"
     actor = ray.remote(_StageActor).options(name=name, namespace=NAMESPACE, num_cpus=0).remote(Stage(name="idle"), "cpu", 1.0)
-    ray.get(actor.describe.remote())
+    ray.get(actor.dim.remote())
     assert name in _named()
     deadline = time.monotonic() + 20
     while name in _named() and time.monotonic() < deadline:
         time.sleep(0.5)
     assert name not in _named()
     with pytest.raises(ray.exceptions.RayActorError):
-        ray.get(actor.describe.remote())
+        ray.get(actor.dim.remote())
 
 
 def _named() -> set[str]:
