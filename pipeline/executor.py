@@ -463,11 +463,6 @@ class _Call:
     task: VideoTask | None = None  # the one video of a recovery call
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else exc.__class__.__name__
-
-
 def _worker_died(exc: BaseException) -> str:
     """What a failed row says when the process working on it died: which error, and the likely causes."""
     return (
