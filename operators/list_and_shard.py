@@ -12,7 +12,7 @@ class ListAndShardOperator(BaseOperator):
     """Calls ``pipeline.orchestrate.list_and_shard``.
 
     Returns the shard-plan URIs (what the shard task maps over); pushes the plan URI under the XCom key
-    ``plan`` and the counts (media, pending, skipped, cleared) under ``counts``. With ``interval_start``
+    ``plan`` and the counts (media, pending, skipped) under ``counts``. With ``interval_start``
     and ``interval_end`` only the media of that interval are listed, into the interval's ``dt=``
     partition, which ``replace_partition`` empties first.
     """
@@ -73,5 +73,5 @@ class ListAndShardOperator(BaseOperator):
         )
         ti = context["ti"]
         ti.xcom_push(key="plan", value=result["plan"])
-        ti.xcom_push(key="counts", value={k: result[k] for k in ("media", "pending", "skipped", "cleared")})
+        ti.xcom_push(key="counts", value={k: result[k] for k in ("media", "pending", "skipped")})
         return result["shards"]

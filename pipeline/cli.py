@@ -46,7 +46,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from pipeline.executor import ModelLoadError
     from pipeline.failures import OutsideError
     from pipeline.models.weights import WeightsError
-    from pipeline.tables import OutputError
+    from pipeline.store import OutputError
 
     return (
         UserError, ConfigError, InputError, OutputError, ModelLoadError, WeightsError, OutsideError,
@@ -241,15 +241,37 @@ def digest(
 
 
 @app.command()
-def repair(
+def maintain(
     output: str = typer.Option(..., "--output", "-o", help=_OUTPUT_HELP),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Only say what would be done."),
+    retention_hours: float = typer.Option(168, "--retention-hours", min=0,
+                                          help="Keep the files of versions this recent (readers pinned to them)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only say what vacuum would delete; change nothing."),
     config: Optional[Path] = typer.Option(None, "--config", help=_CONFIG_HELP),
 ) -> None:
-    """Remove unreadable manifests, duplicate rows and orphan files that crashes or overlapping runs left."""
-    from pipeline.repair import repair_output
+    """Compact the tables' small files, drop rows a crash left without a videos row, vacuum old files."""
+    from pipeline.store import Output
+    from pipeline.store.lease import Lease, new_owner
+    from pipeline.store.maintain import maintain as maintain_output
 
-    for line in repair_output(output, _load_config("", output, config=config).storage_options, dry_run=dry_run):
+    target = Output(output, _load_config("", output, config=config).storage_options)
+    target.check_layout()
+    with Lease(target, new_owner("maintain")) as lease:
+        done = maintain_output(target, retention_hours=retention_hours, dry_run=dry_run, run=lease.owner)
+    verb = "would vacuum" if dry_run else "vacuumed"
+    for m in done:
+        out.print(f"{m.table}: {m.files_before} -> {m.files_after} files, {m.stray_rows} stray video(s), "
+                  f"{verb} {m.vacuumed} file(s)", markup=False, highlight=False)
+
+
+@app.command()
+def migrate(
+    output: str = typer.Option(..., "--output", "-o", help=_OUTPUT_HELP),
+    config: Optional[Path] = typer.Option(None, "--config", help=_CONFIG_HELP),
+) -> None:
+    """Convert an output written in the manifest layout of earlier versions into Delta tables."""
+    from pipeline.store.migrate import migrate as migrate_output
+
+    for line in migrate_output(output, _load_config("", output, config=config).storage_options):
         out.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
@@ -263,7 +285,7 @@ def _query(output: str, config: Optional[Path], allow_writes: bool = False):
     cfg = _load_config("", output, config=config)
     try:
         snapshot = open_snapshot(output, cfg.storage_options)
-        if made_with_tiny(snapshot.manifests):
+        if made_with_tiny(snapshot.commits):
             _note(TINY_NOTE)
         with connect(snapshot, allow_writes=allow_writes) as con:
             yield con, snapshot, cfg

@@ -17,7 +17,7 @@ def print_digest(console: Console, output_uri: str, storage_options=None, notes:
     warning that tiny-profile text is noise."""
     snapshot = open_snapshot(output_uri, storage_options)  # one line when the output is not there
     output = snapshot.output
-    if made_with_tiny(snapshot.manifests):
+    if made_with_tiny(snapshot.commits):
         (notes or console).print(TINY_NOTE, markup=False, highlight=False, soft_wrap=True)
     videos = output.read_table("videos").to_pylist()
     keyframes = output.read_table("keyframes", ["video_id", "timestamp_s", "caption"]).to_pylist()

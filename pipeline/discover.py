@@ -3,16 +3,18 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import errno
 import hashlib
 import io
 import logging
 import os
+import stat
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 
-from schemas.manifest import ShardManifest
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,96 @@ def _modified(info: Mapping[str, Any]) -> dt.datetime | None:
     return None
 
 
+# A local entry that is not a regular file, or cannot be read, is never opened for hashing: it becomes an item
+# whose input fingerprint names the problem (as "missing" does), which the decode stage turns into a failed row.
+_KINDS = (
+    (stat.S_ISFIFO, "fifo", "FIFO"),
+    (stat.S_ISSOCK, "socket", "socket"),
+    (stat.S_ISCHR, "char-device", "character device"),
+    (stat.S_ISBLK, "block-device", "block device"),
+    (stat.S_ISDIR, "directory", "directory"),
+)
+_PROBLEMS = {
+    "symlink-loop": "a symlink loop (too many levels of symbolic links)",
+    "dangling-symlink": "a dangling symlink (its target does not exist)",
+    "unreadable": "cannot be read (permission denied)",
+}
+
+
+def input_problem(fingerprint: str) -> str | None:
+    """What is wrong with an input whose fingerprint names a problem (one line, for a failed row or a
+    warning); None for a usable input's fingerprint. "missing" is not covered here (the decode stage words it)."""
+    if fingerprint.startswith("not-regular:"):
+        kind = fingerprint.split(":", 1)[1]
+        label = next((label for _, k, label in _KINDS if k == kind), None)
+        return f"not a regular file ({label})" if label else "not a regular file"
+    if fingerprint.startswith("unreadable:"):
+        code = getattr(errno, fingerprint.split(":", 1)[1].upper(), None)
+        return f"cannot be read ({os.strerror(code).lower() if isinstance(code, int) else 'error'})"
+    return _PROBLEMS.get(fingerprint)
+
+
+class _Unusable(Exception):
+    """A local entry that is not hashed; ``fingerprint`` names why."""
+
+    def __init__(self, fingerprint: str):
+        super().__init__(fingerprint)
+        self.fingerprint = fingerprint
+
+
+def _is_local(fs) -> bool:
+    return isinstance(fs, LocalFileSystem)
+
+
+def _not_regular(mode: int) -> str | None:
+    """The fingerprint of a non-regular file's mode; None for a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    return "not-regular:" + next((kind for test, kind, _ in _KINDS if test(mode)), "other")
+
+
+def _os_error(path: str, exc: OSError) -> _Unusable:
+    if exc.errno == errno.ELOOP:
+        return _Unusable("symlink-loop")
+    if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+        return _Unusable("dangling-symlink" if os.path.islink(path) else "missing")
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return _Unusable("unreadable")
+    return _Unusable("unreadable:" + errno.errorcode.get(exc.errno or 0, "error").lower())
+
+
+def _local_problem(path: str) -> str | None:
+    """The fingerprint naming why a local path cannot be hashed, or None for a regular file; opens nothing."""
+    try:
+        _check_local(path)
+    except _Unusable as exc:
+        return exc.fingerprint
+    except OSError as exc:
+        return _os_error(path, exc).fingerprint
+    return None
+
+
+def _check_local(path: str) -> None:
+    """Raise ``_Unusable`` (or OSError) unless ``path`` is (a symlink to) a regular file; opens nothing."""
+    problem = _not_regular(os.stat(path).st_mode)  # follows symlinks: a link to a regular file is fine
+    if problem:
+        raise _Unusable(problem)
+
+
+def _open_local(path: str):
+    """Open a local regular file for reading. Never blocks on a FIFO swapped in since it was checked (opened
+    non-blocking), and refuses anything the opened descriptor shows is not a regular file."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        problem = _not_regular(os.fstat(fd).st_mode)
+        if problem:
+            raise _Unusable(problem)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 # Files up to this size are hashed whole; larger ones by their head, their tail and evenly spaced blocks
 # between (3 MiB read, however long the video): an edit changes the size, the container's index at one end,
 # or a sampled block.
@@ -66,10 +158,11 @@ _SAMPLES, _SAMPLE_BYTES = 16, 64 * 1024
 
 
 def _content_hash(fs, path: str, size: int) -> str:
+    """Never reads more than ``size`` bytes (the listed size): a file that grows is not followed."""
     digest = hashlib.sha256()
-    with fs.open(path, "rb") as f:
+    with (_open_local(path) if _is_local(fs) else fs.open(path, "rb")) as f:
         if size <= WHOLE_HASH_BYTES:
-            digest.update(f.read())
+            digest.update(f.read(size) if size > 0 else b"")
         else:
             step = (size - 2 * _END_BYTES) // (_SAMPLES + 1)
             spans = [(0, _END_BYTES), *((_END_BYTES + step * n, _SAMPLE_BYTES) for n in range(1, _SAMPLES + 1)),
@@ -90,15 +183,22 @@ def _fingerprint(fs, path: str, info: Mapping[str, Any]) -> str:
 
 
 def _item(fs, path: str, info: Mapping[str, Any] | None = None) -> MediaItem:
-    info = info or fs.info(path)
     uri = fs.unstrip_protocol(path)
-    return MediaItem(
-        uri=uri,
-        video_id=video_id_for(uri),
-        size=info.get("size"),
-        modified=_modified(info),
-        input_fingerprint=_fingerprint(fs, path, info),
-    )
+    if not _is_local(fs):  # object stores hold regular objects only
+        info = info or fs.info(path)
+        return MediaItem(uri, video_id_for(uri), info.get("size"), _modified(info), _fingerprint(fs, path, info))
+    try:
+        _check_local(path)
+        info = info or fs.info(path)
+        fingerprint = _fingerprint(fs, path, info)
+    except (_Unusable, OSError) as exc:
+        problem = exc.fingerprint if isinstance(exc, _Unusable) else _os_error(path, exc).fingerprint
+        # Not read (or not read through): a failed row, which the decode stage words, so every input still
+        # ends as exactly one row.
+        if problem != "missing":
+            log.warning("skipping %s: %s; it becomes a failed row", path, input_problem(problem))
+        return MediaItem(uri, video_id_for(uri), None, None, problem)
+    return MediaItem(uri, video_id_for(uri), info.get("size"), _modified(info), fingerprint)
 
 
 def _is_video(path: str) -> bool:
@@ -114,8 +214,13 @@ def _read_manifest(fs, path: str) -> list[str]:
         if "uri" not in table.column_names:
             raise InputError(f"manifest {path} has no 'uri' column")
         return [u for u in table.column("uri").to_pylist() if u]
-    with fs.open(path, "rt") as f:
-        text = f.read()
+    try:
+        with fs.open(path, "rt") as f:
+            text = f.read()
+    except OSError as exc:
+        if not _is_local(fs):
+            raise
+        raise InputError(f"cannot read manifest {path}: {input_problem(_os_error(path, exc).fingerprint)}") from None
     if path.endswith(".csv"):
         rows = list(csv.DictReader(io.StringIO(text)))
         if rows and "uri" not in rows[0]:
@@ -132,9 +237,13 @@ def discover(uri: str, storage_options: Mapping[str, Any] | None = None) -> list
     except (ImportError, ValueError) as exc:
         raise InputError(f"cannot open input {uri}: {exc}") from None
     items: dict[str, MediaItem] = {}
+    # Local listings report what is not a regular file (a FIFO, a device, a symlink) as type "other": those
+    # named like a video become failed rows through ``_item``, which never opens them. A folder walk does not
+    # follow symlinks (a loop is just an entry); directories are walked, or left out of a glob.
+    listed = ("file", "other") if _is_local(fs) else ("file",)
     if any(ch in path for ch in "*?["):
         for p, info in fs.glob(path, detail=True).items():
-            if info.get("type") == "file" and _is_video(p):
+            if info.get("type") in listed and _is_video(p):
                 item = _item(fs, p, info)
                 items[item.uri] = item
     elif fs.isdir(path):
@@ -147,14 +256,18 @@ def discover(uri: str, storage_options: Mapping[str, Any] | None = None) -> list
     elif fs.isfile(path) and path.lower().endswith(MANIFEST_EXTENSIONS):
         for entry in _read_manifest(fs, path):
             efs, epath = fsspec.core.url_to_fs(entry, **opts)
-            if not efs.exists(epath):
+            if not _is_local(efs) and not efs.exists(epath):
                 # Listed but missing: it still becomes a (failed) row, so nothing in the manifest is lost.
+                # (``_item`` words a local entry itself: missing, not a regular file, unreadable.)
                 euri = efs.unstrip_protocol(epath)
                 items[euri] = MediaItem(euri, video_id_for(euri), None, None, "missing")
                 continue
             item = _item(efs, epath)
             items[item.uri] = item
-    elif fs.isfile(path):
+    elif fs.isfile(path) or (_is_local(fs) and os.path.lexists(path)):
+        # A single file; named explicitly, so a local one that is not a regular file is a failed row.
+        if not fs.isfile(path) and path.lower().endswith(MANIFEST_EXTENSIONS):
+            raise InputError(f"cannot read manifest {uri}: {input_problem(_local_problem(path)) or 'not found'}")
         item = _item(fs, path)
         items[item.uri] = item
     else:
@@ -179,7 +292,7 @@ class Shard:
 
 def plan_shards(
     items: list[MediaItem],
-    committed: list[ShardManifest],
+    committed: Mapping[str, Any],
     config_fingerprint: str,
     shard_size: int,
     force: bool = False,
@@ -187,34 +300,28 @@ def plan_shards(
 ) -> tuple[list[Shard], int]:
     """Decide which items to (re)process and group them into shards. Returns ``(shards, skipped)``.
 
-    An item is done when the newest committed manifest holding it (any shard: an output damaged by
-    overlapping runs may hold a video twice) holds it with the same input and config fingerprints (and, with
-    ``retry_failed``, it did not fail there: a failure may have been passing, like a storage timeout).
-    An item a committed shard holds is redone in that same shard, alone or with the others redone: the
-    writer keeps the shard's other rows and swaps in the new ones, so no row is duplicated and no shard
+    ``committed``: video id -> what the ``videos`` table holds for it (``pipeline.store.CommittedVideo``:
+    input and config fingerprints, status, shard). An item is done when it is committed with the same input
+    and config fingerprints (and, with ``retry_failed``, it did not fail: a failure may have been passing,
+    like a storage timeout). An item a shard holds is redone in that same shard, alone or with the others
+    redone: the commit replaces just those videos' rows of the shard, so no row is duplicated and no shard
     rewritten whole for one video. New items form new shards.
     """
-    holder: dict[str, tuple] = {}  # video id -> (its VideoEntry, the newest manifest holding it)
-    for manifest in sorted(committed, key=lambda m: (m.committed_at or "", m.shard_id)):
-        for v in manifest.videos:
-            holder[v.video_id] = (v, manifest)
-
     def pending(item: MediaItem) -> bool:
-        if force or item.video_id not in holder:
-            return True
-        entry, manifest = holder[item.video_id]
+        held = committed.get(item.video_id)
         return (
-            entry.input_fingerprint != item.input_fingerprint
-            or manifest.config_fingerprint != config_fingerprint
-            or (retry_failed and entry.status == "failed")
+            force or held is None
+            or held.input_fingerprint != item.input_fingerprint
+            or held.config_fingerprint != config_fingerprint
+            or (retry_failed and held.status == "failed")
         )
 
     todo = [i for i in items if pending(i)]
     regroup: dict[str, list[MediaItem]] = {}
     fresh: list[MediaItem] = []
     for item in todo:
-        old = holder.get(item.video_id)
-        (regroup.setdefault(old[1].shard_id, []) if old else fresh).append(item)
+        held = committed.get(item.video_id)
+        (regroup.setdefault(held.shard_id, []) if held else fresh).append(item)
     shards = [Shard(sid, tuple(sorted(group, key=lambda i: i.uri))) for sid, group in sorted(regroup.items())]
     for start in range(0, len(fresh), shard_size):
         chunk = tuple(fresh[start : start + shard_size])

@@ -20,7 +20,8 @@ def build_tables(
     model_names: dict[str, str],
     processed_at: dt.datetime,
 ) -> dict[str, pa.Table]:
-    prov = {"pipeline_version": PIPELINE_VERSION, "config_fingerprint": config_fingerprint, "processed_at": processed_at}
+    prov = {"pipeline_version": PIPELINE_VERSION, "config_fingerprint": config_fingerprint, "processed_at": processed_at,
+            "shard_id": shard_id}
     videos, keyframes, segments, summaries = [], [], [], []
     embeddings: list[np.ndarray] = []
     for t in tasks:
@@ -44,7 +45,6 @@ def build_tables(
                 "language": t.language if t.ok else None,
                 "num_keyframes": len(t.frames) if t.ok else None,
                 "num_segments": len(t.segments) if t.ok else None,
-                "shard_id": shard_id,
                 **prov,
             }
         )

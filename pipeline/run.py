@@ -1,4 +1,4 @@
-"""The entry point: discover → skip done → shard → Ray stages → write shard → commit.
+"""The entry point: discover → skip done → shard → Ray stages → commit each shard (``pipeline.store``).
 
 ``run(config)`` is what the CLI, the Airflow operators and Ray Jobs call.
 """
@@ -15,8 +15,6 @@ from typing import Callable
 from pipeline.config import PIPELINE_VERSION, ConfigError, RunConfig
 from pipeline.discover import MediaItem, Shard, discover, plan_shards
 from pipeline.executor import ensure_ray, executor_for
-from pipeline.lease import Lease, new_owner
-from pipeline.repair import repair
 from pipeline.rows import build_tables
 from pipeline.stages.caption import Blip2Captioner
 from pipeline.stages.decode import MediaDecoder
@@ -24,10 +22,11 @@ from pipeline.stages.embed import ClipEmbedder
 from pipeline.stages.model import ModelStage
 from pipeline.stages.summarize import LlmSummarizer
 from pipeline.stages.transcribe import WhisperTranscriber
-from pipeline.tables import Output
+from pipeline.store import Output, commit_shard, committed_videos, shard_committed
+from pipeline.store.lease import Lease, new_owner
 from pipeline.task import VideoTask
 from schemas import ROLES
-from schemas.manifest import ModelRef, ShardManifest, StageStats, VideoEntry
+from schemas.commit import CommitRecord, ModelRef, StageStats
 from schemas.plan import ShardPlan
 
 log = logging.getLogger(__name__)
@@ -46,7 +45,7 @@ class RunSummary:
     wall_s: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)
     failures: list[tuple[str, str]] = field(default_factory=list)  # (uri, error)
-    manifests: list[str] = field(default_factory=list)
+    commits: list[CommitRecord] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -70,15 +69,18 @@ def build_stages(config: RunConfig) -> tuple[MediaDecoder, list[ModelStage]]:
     return decoder, stages
 
 
-def plan(config: RunConfig, output: Output | None = None) -> tuple[Output, list[MediaItem], list[Shard], int]:
-    """Discover inputs and decide which shards to run; cheap, touches no model."""
+def plan(config: RunConfig, output: Output | None = None) -> tuple[Output, list[MediaItem], list[Shard], int, int]:
+    """Discover inputs and decide which shards to run; cheap, touches no model. Returns the output, the
+    items, the shards, how many items are done already, and the ``videos`` version planned against."""
     output = output or Output(config.output, config.storage_options, config.partition)
+    output.check_layout()
     items = discover(config.input, config.storage_options)
+    version, held = committed_videos(output)
     shards, skipped = plan_shards(
-        list(items), output.manifests(), config.fingerprint(), config.shard_size, force=config.force,
+        list(items), held, config.fingerprint(), config.shard_size, force=config.force,
         retry_failed=config.retry_failed,
     )
-    return output, list(items), shards, skipped
+    return output, list(items), shards, skipped, version
 
 
 def run(config: RunConfig, progress: Callable[[str, int, int], None] | None = None) -> RunSummary:
@@ -87,11 +89,10 @@ def run(config: RunConfig, progress: Callable[[str, int, int], None] | None = No
     ``progress(description, done_videos, total_videos)`` is called as work advances.
     """
     started = time.perf_counter()
-    # Planned and written under the output's lease: a run planned beside another would duplicate its rows.
+    # Under the output's lease, so that two runs do not do the same work; the commits are safe without it.
     with Lease(Output(config.output, config.storage_options, config.partition), new_owner("run")) as lease:
-        repair(lease.output, lease_free=True)  # no one else writes now: what killed runs left can go
-        output, items, shards, skipped = plan(config, lease.output)
-        return _execute(config, output, shards, len(items), skipped, started, progress)
+        output, items, shards, skipped, version = plan(config, lease.output)
+        return _execute(config, output, shards, len(items), skipped, started, progress, lease, version)
 
 
 def planned_shard(plan: ShardPlan) -> Shard:
@@ -104,25 +105,32 @@ def run_planned(
     config: RunConfig, plan: ShardPlan, progress: Callable[[str, int, int], None] | None = None,
     lease_owner: str | None = None,
 ) -> RunSummary:
-    """Process one shard exactly as planned: its items, under its id, into its partition; nothing is listed
-    or planned again. A configuration other than the one planned for is refused, since the shard's rows
-    would then not be what the plan promised. ``lease_owner``: the planned run's key, whose shared lease the
-    shard joins (``pipeline.lease``); without one the shard takes the lease for itself."""
+    """Process one shard exactly as planned: its items, under its id, into its partition (or its run's
+    staging tables, for a partition replacement); nothing is listed or planned again. A configuration
+    other than the one planned for is refused, since the shard's rows would then not be what the plan
+    promised. A shard this run committed already (a retried task) is skipped. ``lease_owner``: the planned
+    run's key, whose shared lease the shard joins (``pipeline.store.lease``) and whose commits it makes."""
     started = time.perf_counter()
     if plan.config_fingerprint != config.fingerprint():
         raise ConfigError(
             f"shard {plan.shard_id} was planned for configuration {plan.config_fingerprint}, not "
             f"{config.fingerprint()}: models or settings changed since; plan the run again"
         )
-    output = Output(config.output, config.storage_options, plan.partition)
+    target = Output(config.output, config.storage_options, plan.partition)
     shared = lease_owner is not None
-    with Lease(output, lease_owner or new_owner("run"), shared=shared, joins=shared):
-        return _execute(config, output, [planned_shard(plan)], len(plan.items), 0, started, progress)
+    with Lease(target, lease_owner or new_owner("run"), shared=shared, joins=shared) as lease:
+        output = target.staging(lease.owner) if plan.staging else target
+        if shard_committed(output, lease.owner, plan.shard_id):
+            log.info("shard %s was committed by this run already; skipping it", plan.shard_id)
+            return RunSummary(discovered=len(plan.items), skipped=len(plan.items),
+                              wall_s=time.perf_counter() - started)
+        return _execute(config, output, [planned_shard(plan)], len(plan.items), 0, started, progress, lease,
+                        plan.planned_version)
 
 
 def _execute(
     config: RunConfig, output: Output, shards: list[Shard], discovered: int, skipped: int, started: float,
-    progress: Callable[[str, int, int], None] | None,
+    progress: Callable[[str, int, int], None] | None, lease: Lease, planned_version: int,
 ) -> RunSummary:
     output.check_writable()
     summary = RunSummary(discovered=discovered, skipped=skipped)
@@ -149,9 +157,8 @@ def _execute(
     for n, (shard, tasks) in enumerate(zip(shards, executor.run_shards(batches, on_stage)), 1):
         write_start = time.perf_counter()
         dim = executor.dims.get("embedding")  # None: no video got as far as a model
-        manifest = _write(output, config, shard, tasks, names, dim)
+        record = _commit(output, config, shard, tasks, names, dim, lease.owner, planned_version)
         executor.stage_seconds["write"] = executor.stage_seconds.get("write", 0.0) + time.perf_counter() - write_start
-        summary.manifests.append(output.manifest_path(shard.shard_id))
         summary.shards += 1
         for t in tasks:
             if t.ok:
@@ -159,12 +166,15 @@ def _execute(
             else:
                 summary.failed += 1
                 summary.failures.append((t.uri, t.error))
-        summary.keyframes += manifest.files["keyframes"].rows
-        summary.segments += manifest.files["segments"].rows
-        summary.summaries += manifest.files["summaries"].rows
+        if record is not None:
+            summary.commits.append(record)
+            summary.keyframes += record.rows["keyframes"]
+            summary.segments += record.rows["segments"]
+            summary.summaries += record.rows["summaries"]
         done += len(tasks)
         if progress:
-            progress(f"shard {n}/{len(shards)}: written", done, todo)
+            progress(f"shard {n}/{len(shards)}: committed", done, todo)
+        lease.check()  # another run took the output over: what is committed stays, the rest is left to it
     summary.stage_seconds = dict(executor.stage_seconds)
     summary.wall_s = time.perf_counter() - started
     return summary
@@ -186,27 +196,21 @@ def stage_stats(tasks: list[VideoTask]) -> dict[str, StageStats]:
     return stats
 
 
-def _write(
+def _commit(
     output: Output, config: RunConfig, shard: Shard, tasks: list[VideoTask], names: dict[str, str],
-    dim: int | None,
-) -> ShardManifest:
+    dim: int | None, run_key: str, planned_version: int,
+) -> CommitRecord | None:
     """Commit one shard. ``dim`` is the embedding width, None when no model was needed (every video failed to
-    decode): the shard then has no keyframes of its own, and takes the width of the shards committed under
-    this configuration (whose rows a partial redo carries over), or none at all."""
-    fingerprint = config.fingerprint()
-    if dim is None:
-        same = (m.embedding_dim for m in output.manifests() if m.config_fingerprint == fingerprint)
-        dim = next((d for d in same if d), None)
+    decode): the shard then has no keyframes and records no width."""
     now = dt.datetime.now(dt.timezone.utc)
+    fingerprint = config.fingerprint()
     tables = build_tables(
-        tasks,
-        shard_id=shard.shard_id,
-        config_fingerprint=fingerprint,
-        embedding_dim=dim or 1,
-        model_names=names,
-        processed_at=now,
+        tasks, shard_id=shard.shard_id, config_fingerprint=fingerprint, embedding_dim=dim or 1,
+        model_names=names, processed_at=now,
     )
-    manifest = ShardManifest(
+    record = CommitRecord(
+        run=run_key,
+        shard_id=shard.shard_id,
         pipeline_version=PIPELINE_VERSION,
         config_fingerprint=fingerprint,
         profile=config.profile,
@@ -219,9 +223,6 @@ def _write(
         },
         embedding_dim=dim,
         committed_at=now.isoformat(),
-        videos=tuple(
-            VideoEntry(t.video_id, t.input_fingerprint, t.uri, "ok" if t.ok else "failed") for t in tasks
-        ),
         stages=stage_stats(tasks),
     )
-    return output.write_shard(shard.shard_id, tables, manifest)
+    return commit_shard(output, tables, record, planned_version=planned_version)

@@ -4,7 +4,7 @@ Column names here are the contract (see DESIGN.md): add columns freely, never re
 """
 import pyarrow as pa
 
-SCHEMA_VERSION = "2"  # 2: keyframes lost the error column that nothing ever filled
+SCHEMA_VERSION = "3"  # 3: Delta tables; every table has shard_id (2: keyframes lost the unused error column)
 
 # The model roles: one name each, the same in config (``models.<role>``), stage names, task fields, manifests
 # and the tables' ``<role>_model`` columns.
@@ -48,8 +48,13 @@ def embedding_type(dim: int) -> pa.DataType:
     return pa.list_(pa.field("item", pa.float32(), nullable=False), dim)
 
 
+# Delta has no fixed-size list: a Delta reader gets ``list<float>`` back. The width travels in the column's
+# field metadata (and in each commit record); readers cast back with it.
+EMBEDDING_DIM_KEY = "reelscope.embedding_dim"
+
+
 def keyframes_schema(dim: int) -> pa.Schema:
-    """The embedding width is the embedder's; every file records it in its fixed_size_list type."""
+    """The embedding width is the embedder's: the column is ``fixed_size_list<float32>[dim]``."""
     return pa.schema(
         [
             pa.field("video_id", pa.string(), nullable=False),
@@ -63,6 +68,7 @@ def keyframes_schema(dim: int) -> pa.Schema:
             pa.field("embedding", embedding_type(dim)),
             pa.field("caption_model", pa.string()),
             pa.field("embedding_model", pa.string()),
+            pa.field("shard_id", pa.string(), nullable=False),
             *_PROVENANCE,
         ],
         metadata={"reelscope.table": "keyframes", "reelscope.schema_version": SCHEMA_VERSION},
@@ -78,6 +84,7 @@ SEGMENTS = pa.schema(
         pa.field("text", pa.string(), nullable=False),
         pa.field("language", pa.string()),
         pa.field("asr_model", pa.string(), nullable=False),
+        pa.field("shard_id", pa.string(), nullable=False),
         *_PROVENANCE,
     ],
     metadata={"reelscope.table": "segments", "reelscope.schema_version": SCHEMA_VERSION},
@@ -97,12 +104,15 @@ SUMMARIES = pa.schema(
         pa.field("raw", pa.string()),  # the model's answer, kept whenever it was not valid JSON
         pa.field("chunks", pa.int32(), nullable=False),
         pa.field("summary_model", pa.string(), nullable=False),
+        pa.field("shard_id", pa.string(), nullable=False),
         *_PROVENANCE,
     ],
     metadata={"reelscope.table": "summaries", "reelscope.schema_version": SCHEMA_VERSION},
 )
 
 TABLES = ("videos", "keyframes", "segments", "summaries")
+# The order of a shard's commits: a ``videos`` row, committed last, means the video's other rows are there.
+COMMIT_ORDER = ("keyframes", "segments", "summaries", "videos")
 
 
 def schema_for(table: str, embedding_dim: int | None = None) -> pa.Schema:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 
-PLAN_VERSION = 1
+PLAN_VERSION = 2  # 2: the videos version planned against; staging for partition replacements
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,10 @@ class ShardPlan:
     items: tuple[PlannedItem, ...]
     config_fingerprint: str  # the configuration planned for: a worker with another one refuses the shard
     partition: str | None  # e.g. "dt=2026-11-22"
+    # The ``videos`` table version the shard was planned against (-1: none yet): the commit leaves out videos
+    # that other runs committed into other shards after it (``pipeline.store.commit``).
+    planned_version: int = -1
+    staging: bool = False  # a partition replacement: commit into the run's staging tables, published at the end
 
     def to_json(self) -> str:
         return json.dumps({"version": PLAN_VERSION, **asdict(self)}, indent=1)

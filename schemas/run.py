@@ -77,7 +77,8 @@ class RunPlan(_Record):
     shard_size: int = 8
     media: int = 0  # inputs listed
     skipped: int = 0  # of those, already done
-    cleared: int = 0  # committed shards retracted first (a replaced partition)
+    replace_partition: bool = False  # shards commit into staging tables; publishing replaces the partition
+    planned_version: int = -1  # the videos table's version planned against
     shards: tuple[PlannedShard, ...] = ()
     planned_at: str = ""
 
@@ -142,4 +143,5 @@ class RunManifest(_Record):
     rows: Mapping[str, int] = field(default_factory=dict)  # by table
     committed_shards: tuple[str, ...] = ()
     shards: tuple[ShardOutcome, ...] = ()
+    versions: Mapping[str, int] = field(default_factory=dict)  # the tables' versions validated (and published)
     validated_at: str = ""

@@ -26,9 +26,8 @@ from pipeline.config import RunConfig, load_config
 from pipeline.discover import Shard, discover, plan_shards
 from pipeline.orchestrate.interval import as_utc, items_in_interval, partition_for_interval
 from pipeline.orchestrate.storage import merge_storage_options, storage_options_from_env, with_s3_defaults
-from pipeline.lease import Lease
-from pipeline.repair import repair
-from pipeline.tables import Output, open_output
+from pipeline.store import Output, committed_videos, open_output
+from pipeline.store.lease import Lease
 from schemas.plan import PlannedItem, ShardPlan
 from schemas.run import Failure, PlannedShard, RunPlan, ShardResult
 
@@ -63,8 +62,7 @@ def _write_text(fs, path: str, text: str) -> None:
     fs.pipe_file(path, text.encode())
 
 
-def _plan(items, output: Output, config: RunConfig, max_shards: int) -> tuple[list[Shard], int, int]:
-    committed = output.manifests()
+def _plan(items, committed: dict, config: RunConfig, max_shards: int) -> tuple[list[Shard], int, int]:
     size = config.shard_size
 
     def planned(size: int) -> tuple[list[Shard], int]:
@@ -76,7 +74,7 @@ def _plan(items, output: Output, config: RunConfig, max_shards: int) -> tuple[li
     if len(shards) > max_shards:
         # Airflow caps the mapped tasks of one task (core.max_map_length); bigger shards keep a sweep of
         # any size within it, and the shards that already exist keep their members.
-        old = {m.shard_id for m in committed}
+        old = {v.shard_id for v in committed.values()}
         kept = sum(s.shard_id in old for s in shards)
         fresh = sum(len(s.items) for s in shards if s.shard_id not in old)
         if kept >= max_shards:
@@ -106,9 +104,10 @@ def list_and_shard(
 ) -> dict:
     """List the media (all of it, or what arrived in ``interval``), plan the pending shards and write
     their lists. An interval writes into its own partition (``partition_for_interval``) unless
-    ``partition`` names one; ``replace_partition`` first retracts every committed shard of the partition,
-    so that a rerun of an interval replaces it. Returns URIs and counts: ``plan``, ``shards``, ``media``,
-    ``pending``, ``skipped``, ``cleared``, ``partition``."""
+    ``partition`` names one. With ``replace_partition`` every listed input is planned, its shards commit
+    into the run's staging tables, and ``validate_and_publish`` replaces the partition with them in one
+    commit per table: readers see the old partition until then, and a failed run leaves it whole.
+    Returns URIs and counts: ``plan``, ``shards``, ``media``, ``pending``, ``skipped``, ``partition``."""
     if interval is not None and partition is None:
         partition = partition_for_interval(*interval)
     config = build_config(
@@ -122,13 +121,16 @@ def list_and_shard(
         items = items_in_interval(input_uri, interval[0], interval[1], opts, layout)
     output = Output(output_uri, opts, partition)
     output.check_writable()
-    # The run's shared lease, taken before planning; its shard tasks join it (see pipeline.lease).
+    # The run's shared lease, taken before planning; its shard tasks join it (see pipeline.store.lease).
     Lease(output, run_key(run_id), shared=True).acquire()
-    repair(output)
-    cleared = output.clear_partition() if replace_partition and partition else 0
-    if cleared:
-        log.info("retracted %d committed shard(s) of %s before replacing it", cleared, partition)
-    shards, skipped, size = _plan(items, output, config, max_shards)
+    replace = bool(replace_partition and partition)
+    version, committed = committed_videos(output)
+    if replace:
+        staging = output.staging(run_key(run_id))
+        if staging.fs.exists(staging.root):
+            staging.fs.rm(staging.root, recursive=True)  # a retried listing starts its replacement afresh
+        version, committed = -1, {}
+    shards, skipped, size = _plan(items, committed, config, max_shards)
 
     plan_dir = posixpath.join(output.root, PLANS_DIR, run_key(run_id))
     if output.fs.exists(plan_dir):
@@ -138,7 +140,8 @@ def list_and_shard(
     for n, shard in enumerate(shards):
         path = posixpath.join(plan_dir, f"shard-{n:05d}.json")
         members = tuple(PlannedItem(i.uri, i.video_id, i.input_fingerprint, i.size) for i in shard.items)
-        _write_text(output.fs, path, ShardPlan(shard.shard_id, members, config.fingerprint(), partition).to_json())
+        shard_plan = ShardPlan(shard.shard_id, members, config.fingerprint(), partition, version, replace)
+        _write_text(output.fs, path, shard_plan.to_json())
         planned.append(PlannedShard(output.fs.unstrip_protocol(path), shard.shard_id, len(shard.items)))
     plan = RunPlan(
         run_id=run_id,
@@ -154,7 +157,8 @@ def list_and_shard(
         shard_size=size,
         media=len(items),
         skipped=skipped,
-        cleared=cleared,
+        replace_partition=replace,
+        planned_version=version,
         shards=tuple(planned),
         planned_at=dt.datetime.now(dt.timezone.utc).isoformat(),
     )
@@ -168,7 +172,6 @@ def list_and_shard(
         "media": len(items),
         "pending": pending,
         "skipped": skipped,
-        "cleared": cleared,
         "partition": partition,
     }
 

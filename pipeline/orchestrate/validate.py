@@ -1,8 +1,10 @@
-"""validate-and-publish: check a finished run against its plan, then write the run manifest.
+"""validate-and-publish: check a finished run against its plan, publish it, then write the run manifest.
 
-Checks, over the committed shards of the run's partition: every data file matches the schema in
-``schemas/`` and the row count its manifest promised; no ``video_id`` appears twice; every input the plan
-listed has exactly one ``videos`` row. Only a run that passes gets ``<output>/_runs/<run>.json``.
+Checks, on the Delta tables of the run's partition (its staging tables, for a partition replacement): each
+table's schema is the one in ``schemas/``; no ``video_id`` has two ``videos`` rows; every input the plan
+listed has exactly one; every keyframe, segment and summary of the run's inputs belongs to a video with a
+``videos`` row. A partition replacement that passes is then published (``pipeline.store.publish_partition``:
+one commit per table); only a run that passes gets ``<output>/_runs/<run>.json``.
 """
 from __future__ import annotations
 
@@ -12,17 +14,17 @@ import logging
 import posixpath
 from typing import Any, Mapping
 
-import pyarrow.parquet as pq
+import pyarrow as pa
+import pyarrow.dataset as ds
 
 from pipeline.config import PIPELINE_VERSION
 from pipeline.discover import video_id_for
 from pipeline.orchestrate.plan import INPUTS_FILE, result_path, run_key
 from pipeline.orchestrate.storage import merge_storage_options, storage_options_from_env
-from pipeline.lease import Lease
-from pipeline.repair import repair
-from pipeline.tables import Output, open_output
-from schemas import SCHEMA_VERSION, TABLES, schema_for
-from schemas.manifest import ShardManifest
+from pipeline.store import Output, open_output, publish_partition, read_commits, table_version
+from pipeline.store.lease import Lease
+from schemas import SCHEMA_VERSION, TABLES
+from schemas.commit import CommitRecord
 from schemas.run import RunManifest, RunPlan, ShardOutcome, ShardResult
 
 log = logging.getLogger(__name__)
@@ -35,29 +37,6 @@ class ValidationError(RuntimeError):
     """The tables do not match the plan; the message summarises the problems."""
 
 
-def _check_files(output: Output, manifest: ShardManifest, problems: list[str]) -> dict[str, int]:
-    rows = {}
-    shard = manifest.shard_id
-    if manifest.schema_version != SCHEMA_VERSION:
-        found = manifest.schema_version
-        problems.append(f"shard {shard}: schema version {found!r}, expected {SCHEMA_VERSION!r}")
-    for table in TABLES:
-        entry = manifest.files[table]
-        with output.fs.open(output.file_path(manifest, table), "rb") as f:
-            parquet = pq.ParquetFile(f)  # the footer only: schema and row count, no data pages
-            actual, meta = parquet.schema_arrow, parquet.metadata
-        dim = manifest.embedding_dim
-        if table == "keyframes" and dim is None:
-            dim = actual.field("embedding").type.list_size
-        expected = schema_for(table, dim) if table == "keyframes" else schema_for(table)
-        if not actual.equals(expected, check_metadata=False):
-            problems.append(f"shard {shard}: {table} file does not match the {table} schema")
-        if meta.num_rows != entry.rows:
-            problems.append(f"shard {shard}: {table} has {meta.num_rows} rows, its manifest says {entry.rows}")
-        rows[table] = meta.num_rows
-    return rows
-
-
 def validate_and_publish(plan_uri: str, storage_options: Mapping[str, Any] | None = None) -> str:
     """Validate the run described by ``plan_uri``; write and return the run manifest's URI.
 
@@ -66,9 +45,8 @@ def validate_and_publish(plan_uri: str, storage_options: Mapping[str, Any] | Non
     fs, plan_path, plan, output = _open_plan(plan_uri, storage_options)
     plan_dir = posixpath.dirname(plan_path)
     inputs = [line for line in fs.cat_file(posixpath.join(plan_dir, INPUTS_FILE)).decode().splitlines() if line]
-    # The run's last task: it joins the run's lease, repairs and validates under it, and frees the output.
+    # The run's last task: it joins the run's lease, validates and publishes under it, and frees the output.
     with Lease(output, run_key(plan.run_id), shared=True, joins=True, release=True):
-        repair(output)
         return _validate(output, plan, plan_uri, inputs, fs)
 
 
@@ -89,26 +67,67 @@ def _open_plan(plan_uri: str, storage_options: Mapping[str, Any] | None) -> tupl
     return fs, plan_path, plan, Output(plan.output_uri, opts, plan.partition)
 
 
-def _validate(output: Output, plan: RunPlan, plan_uri: str, inputs: list[str], fs) -> str:
-    """Check the committed shards against the plan; publish the run manifest when they add up."""
+def _comparable(schema: pa.Schema) -> list[tuple[str, str]]:
+    """Names and types, with the embedding as the plain list Delta keeps of a fixed-size one."""
+    out = []
+    for f in schema:
+        t = f.type
+        if pa.types.is_fixed_size_list(t) or pa.types.is_list(t) and f.name == "embedding":
+            t = pa.list_(pa.float32())
+        out.append((f.name, str(t).replace(" not null", "")))
+    return out
+
+
+def check_tables(output: Output, inputs: list[str]) -> tuple[list[str], dict[str, int], collections.Counter]:
+    """The problems found in ``output``'s partition, the rows per table, the videos per status."""
     problems: list[str] = []
-    rows = collections.Counter()
-    manifests = output.manifests()
-    for manifest in manifests:
-        rows.update(_check_files(output, manifest, problems))
-    videos = output.read_table("videos", columns=["video_id", "status"], all_partitions=False)
+    rows: dict[str, int] = {}
+    part = ds.field(output.partition_column) == output.partition_value if output.partition else None
+    ids: dict[str, pa.Table] = {}
+    for table in TABLES:
+        found = output.table(table)
+        if found is None:
+            if inputs:
+                problems.append(f"no {table} table")
+            continue
+        actual = pa.schema(found.schema().to_arrow())
+        if _comparable(actual) != _comparable(output.schema(table)):
+            problems.append(f"the {table} table does not have the {table} schema of schema version {SCHEMA_VERSION}")
+        columns = ["video_id", "status"] if table == "videos" else ["video_id"]
+        ids[table] = found.to_pyarrow_dataset().to_table(columns=columns, filter=part)
+        rows[table] = ids[table].num_rows
+    videos = ids.get("videos", pa.table({"video_id": pa.array([], pa.string()), "status": pa.array([], pa.string())}))
     seen = collections.Counter(videos.column("video_id").to_pylist())
     problems += [f"video {v} has {n} videos rows" for v, n in sorted(seen.items()) if n > 1]
-    missing = [u for u in inputs if video_id_for(u) not in seen]
-    problems += [f"input {u} has no videos row" for u in missing]
+    problems += [f"input {u} has no videos row" for u in inputs if video_id_for(u) not in seen]
+    wanted = {video_id_for(u) for u in inputs}
+    for table in TABLES[1:]:
+        stray = {v for v in ids.get(table, pa.table({"video_id": []})).column("video_id").to_pylist()
+                 if v in wanted and v not in seen}
+        problems += [f"{table} rows of video {v}, which has no videos row" for v in sorted(stray)]
+    return problems, rows, collections.Counter(videos.column("status").to_pylist())
+
+
+def _validate(output: Output, plan: RunPlan, plan_uri: str, inputs: list[str], fs) -> str:
+    """Check the tables against the plan; publish a partition replacement and the run manifest when they
+    add up."""
+    key = run_key(plan.run_id)
+    staging = output.staging(key) if plan.replace_partition else None
+    published = staging is not None and any(c.kind == "publish" and c.run == key for c in read_commits(output))
+    checked = output if staging is None or published else staging  # a retry after publishing checks the result
+    problems, rows, status = check_tables(checked, inputs)
     if problems:
         for p in problems:
             log.error("validation: %s", p)
         more = f"; and {len(problems) - _SHOWN} more" if len(problems) > _SHOWN else ""
         shown = "; ".join(problems[:_SHOWN]) + more
         raise ValidationError(f"{len(problems)} problem(s) in {plan.output_uri}: {shown}")
+    if staging is not None and not published:
+        record = CommitRecord(run=key, shard_id="publish", config_fingerprint=plan.config_fingerprint,
+                              pipeline_version=PIPELINE_VERSION, profile=plan.profile, rows=rows)
+        publish_partition(output, staging, record)
+        log.info("partition %s of %s replaced by run %s", output.partition, plan.output_uri, plan.run_id)
 
-    status = collections.Counter(videos.column("status").to_pylist())
     outcomes = []
     for shard in plan.shards:
         rpath = result_path(open_output(shard.uri, output.storage_options)[1])
@@ -130,11 +149,12 @@ def _validate(output: Output, plan: RunPlan, plan_uri: str, inputs: list[str], f
         skipped=plan.skipped,
         videos={"ok": status.get("ok", 0), "failed": status.get("failed", 0)},
         rows={t: rows.get(t, 0) for t in TABLES},
-        committed_shards=tuple(sorted(m.shard_id for m in manifests)),
+        committed_shards=tuple(sorted(s.shard_id for s in plan.shards)),
         shards=tuple(outcomes),
+        versions={t: table_version(output, t) for t in TABLES},
         validated_at=dt.datetime.now(dt.timezone.utc).isoformat(),
     )
-    path = posixpath.join(output.root, RUNS_DIR, f"{run_key(plan.run_id)}.json")
+    path = posixpath.join(output.root, RUNS_DIR, f"{key}.json")
     output.fs.makedirs(posixpath.dirname(path), exist_ok=True)
     output.fs.pipe_file(path, manifest.to_json().encode())
     uri = output.fs.unstrip_protocol(path)

@@ -14,6 +14,7 @@ from typing import Any, Iterator, Mapping
 import fsspec
 
 from pipeline.config import KeyframeSettings, Limits, Resources
+from pipeline.discover import input_problem
 from pipeline.media.audio import extract_audio
 from pipeline.media.keyframes import extract_keyframes
 from pipeline.media.probe import MediaError, ProbeResult, probe
@@ -53,6 +54,9 @@ class MediaDecoder(Stage):
     def _decode(self, task: VideoTask) -> None:
         if task.input_fingerprint == "missing":
             raise MediaError(f"listed in the manifest but not found: {task.uri}")
+        problem = input_problem(task.input_fingerprint)  # a FIFO, device, symlink loop...: discovery never read it
+        if problem:
+            raise MediaError(problem)
         if task.size == 0:
             # Decoders report an empty file in unhelpful ways; say it plainly.
             raise MediaError("empty file (0 bytes)")

@@ -1,16 +1,20 @@
-"""The output lease: one run at a time writes an output (or one partition of it).
+"""The output lease: one run at a time works on an output (or one partition of it), so that no work is
+done twice. It is not what keeps the tables right: Delta's commits are (``pipeline.store.commit``); a run
+that lost its lease and commits anyway can neither duplicate nor lose a row.
 
 The lease is a small JSON object in the output itself, ``<output>/_lease.json`` (``<output>/_lease/<partition>
 .json`` for a partition), naming its owner, host, pid, heartbeat and expiry. It is created with a conditional
 create and every later change (heartbeat, takeover, release) is a compare-and-swap on the version read
-(``pipeline.atomic.swap``: S3 ``IfNoneMatch``/``IfMatch``, a folder ``flock`` on a local disk), so of two runs
-racing for it exactly one wins. A heartbeat thread renews it; a run that loses it commits nothing more.
+(``pipeline.store.cas.swap``: S3 ``IfNoneMatch``/``IfMatch``, a folder ``flock`` on a local disk), so of two runs
+racing for it exactly one wins. A heartbeat thread renews it while it is still this owner's: once another
+owner has written it (a takeover after this run stalled, even one released since), the heartbeat stops and
+the lease stays lost; it is never taken back.
 
 A lease is *stale* when its expiry has passed, when it was released, or when it is exclusive and its process
 is gone from this very host (a run killed on a laptop need not be waited for); a stale lease is taken over
 with a warning. Owners:
 
-- a CLI run or ``repair``: a fresh owner per process, released when it ends;
+- a CLI run or ``maintain``: a fresh owner per process, released when it ends;
 - an Airflow run: the plan's run key, *shared*. ``list_and_shard`` takes it (taking over a stale one) and
   plans under it; its mapped shard tasks, which write the same output concurrently on purpose, *join* it and
   heartbeat it while they run; ``validate_and_publish`` joins it last and releases it. A task that finds
@@ -32,8 +36,8 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from pipeline.atomic import Conflict, read_versioned, swap
-from pipeline.tables import Output, OutputError
+from pipeline.store.cas import Conflict, read_versioned, swap
+from pipeline.store.output import Output, OutputError
 
 log = logging.getLogger(__name__)
 
@@ -183,15 +187,24 @@ class Lease:
         raise LeaseHeld(f"output {self.output.uri}: could not take its lease, others keep changing it")
 
     def renew(self) -> None:
-        """One heartbeat; marks the lease lost when another owner has it now."""
+        """One heartbeat: renews the lease only while the record is still this owner's own (not released);
+        otherwise the lease is lost for good: a stalled run must not take it back from a newer owner."""
+        if self._lost is not None:
+            return
+        found = read_versioned(self.output.fs, self.path)
+        current = LeaseRecord.from_json(found.data) if found else None
+        if current is None or current.owner != self.owner or current.released:
+            who = current.describe() if current is not None else "nobody (the lease was removed)"
+            self._lost = f"the lease on {self.output.uri} is now held by {who}"
+            log.error("lost the lease: %s", self._lost)
+            return
         try:
-            self.acquire()
-        except LeaseHeld as exc:
-            self._lost = str(exc)
-            log.error("lost the lease: %s", exc)
+            self._write(self._record(current.acquired_at), found.token)
+        except Conflict:
+            pass  # a sibling task of the same shared owner renewed it at the same moment: as good
 
     def check(self) -> None:
-        """Raise ``LeaseLost`` unless this run still holds the lease (called before every commit)."""
+        """Raise ``LeaseLost`` unless this run still holds the lease (a run checks before each shard)."""
         if self._lost is None and time.time() >= self._expires:
             self._lost = f"the lease on {self.output.uri} expired at {_when(self._expires)} without a heartbeat"
         if self._lost is not None:
@@ -219,7 +232,6 @@ class Lease:
 
     def __enter__(self) -> Lease:
         self.acquire()
-        object.__setattr__(self.output, "lease", self)
         self._thread = threading.Thread(target=self._beat, name="reelscope-lease", daemon=True)
         self._thread.start()
         return self
@@ -228,6 +240,5 @@ class Lease:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        object.__setattr__(self.output, "lease", None)
         if self.release_at_end:
             self.release()

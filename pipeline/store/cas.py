@@ -1,17 +1,13 @@
-"""Writes that are all-or-nothing, and compare-and-swap, on a local disk and on S3.
+"""Compare-and-swap of one small object, on a local disk and on S3: what the output lease rests on.
 
-The output store's safety rests on three operations (``pipeline.tables`` and ``pipeline.lease`` use them):
-
-- ``write_file``: the bytes appear whole under the name or not at all. On a local disk they go to a temporary
-  name in the same folder, are fsync'ed, renamed over the name, and the folder is fsync'ed, so neither a
-  crash nor a full disk leaves a truncated file under the name. An object store PUT is atomic already.
 - ``swap``: a conditional write. With ``token=None`` the name must not exist yet (S3 ``IfNoneMatch="*"``,
-  locally a hard link of the finished temporary file, which fails when the name exists); with a token the
-  content must still be the version read (S3 ``IfMatch`` on the ETag, locally a comparison under an
-  exclusive ``flock`` of the folder). A lost race raises ``Conflict``.
+  locally a hard link of a finished, fsync'ed temporary file, which fails when the name exists); with a
+  token the content must still be the version read (S3 ``IfMatch`` on the ETag, locally a comparison under
+  an exclusive ``flock`` of the folder). A lost race raises ``Conflict``.
 - ``read_versioned``: the content and the token ``swap`` expects.
 
-Other fsspec filesystems get the plain writes (no conditional ones); the README says so.
+Other fsspec filesystems get the plain writes (no conditional ones). The tables themselves need none of
+this: Delta's log does the same for them.
 """
 from __future__ import annotations
 
@@ -19,13 +15,11 @@ import contextlib
 import fcntl
 import hashlib
 import os
-import posixpath
 import uuid
 from dataclasses import dataclass
 
 from fsspec.implementations.local import LocalFileSystem
 
-TEMP_MARK = ".tmp-"  # in the names of temporary files; ``pipeline.repair`` removes those a crash left
 
 
 class Conflict(RuntimeError):
@@ -48,7 +42,7 @@ def _is_s3(fs) -> bool:
 
 def temp_name(path: str) -> str:
     """A unique sibling of ``path``: renaming within one folder is what makes the write atomic."""
-    return f"{path}{TEMP_MARK}{uuid.uuid4().hex[:12]}"
+    return f"{path}.tmp-{uuid.uuid4().hex[:12]}"
 
 
 def _fsync_dir(folder: str) -> None:
@@ -93,17 +87,6 @@ def _folder_lock(path: str):
         yield
     finally:
         os.close(fd)
-
-
-def write_file(fs, path: str, data: bytes) -> None:
-    """Write ``data`` under ``path`` whole or not at all, replacing what was there."""
-    if not is_local(fs):
-        fs.makedirs(posixpath.dirname(path), exist_ok=True)
-        fs.pipe_file(path, data)
-        return
-    with _staged(path, data) as tmp:
-        os.replace(tmp, path)
-        _fsync_dir(os.path.dirname(path))
 
 
 def _digest(data: bytes) -> str:

@@ -1,0 +1,98 @@
+"""Maintenance: compact small files, drop rows a crash left without their ``videos`` row, vacuum.
+
+One commit per shard per table is hundreds of thousands of small files at archive scale. Compaction
+(``optimize.compact``) rewrites them into few large ones in commits that change no data, so a reader pinned
+to an older version reads on undisturbed; vacuum then deletes the files no version within the retention
+references (and files of writers that died before committing), so a reader pinned less than the retention
+ago never loses a file. A shard whose writer died between its children's commits and its ``videos`` commit
+left keyframes, segments or summaries without a ``videos`` row: older than the retention (no live writer
+is that slow), they are deleted.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake.exceptions import CommitFailedError
+
+from pipeline.store.commit import WRITER, append_record
+from pipeline.store.output import COMMITS_TABLE, Output, OutputError, quote
+from schemas import COMMIT_ORDER
+from schemas.commit import CommitRecord
+
+log = logging.getLogger(__name__)
+
+RETENTION_HOURS = 168  # Delta's default: a reader pinned to a version younger than this keeps its files
+
+
+@dataclass(frozen=True)
+class TableMaintenance:
+    table: str
+    files_before: int
+    files_after: int
+    stray_rows: int  # rows without a videos row, deleted
+    vacuumed: int  # files deleted (or, on a dry run, that would be)
+
+
+def stray_rows(output: Output, table: str, older_than: dt.datetime) -> pa.Table:
+    """Ids of ``table``'s videos that have no ``videos`` row, processed before ``older_than``."""
+    videos, found = output.table("videos"), output.table(table)
+    if videos is None or found is None:
+        return pa.table({"video_id": pa.array([], pa.string())})
+    held = videos.to_pyarrow_dataset().to_table(columns=["video_id"]).column("video_id")
+    rows = found.to_pyarrow_dataset().to_table(columns=["video_id", "processed_at"])
+    cutoff = pa.scalar(older_than, pa.timestamp("us", tz="UTC"))
+    mask = pc.and_(pc.invert(pc.is_in(rows["video_id"], value_set=held)), pc.less(rows["processed_at"], cutoff))
+    return rows.filter(mask).select(["video_id"])
+
+
+def maintain(
+    output: Output, *, retention_hours: float = RETENTION_HOURS, dry_run: bool = False, run: str = "maintain",
+) -> list[TableMaintenance]:
+    """Compact every table, delete stray children older than the retention, vacuum; then a commit record
+    naming the new versions, which readers pin from now on."""
+    if output.table("videos") is None:
+        raise OutputError(f"no reelscope tables under {output.uri}")
+    cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=retention_hours)
+    done = []
+    for name in (*COMMIT_ORDER, COMMITS_TABLE):
+        table = output.table(name)
+        if table is None:
+            continue
+        before = len(table.file_uris())
+        stray = 0
+        if name in COMMIT_ORDER[:-1]:
+            ids = sorted(set(stray_rows(output, name, cutoff).column("video_id").to_pylist()))
+            stray = len(ids)
+            if ids and not dry_run:
+                predicate = f"video_id IN ({', '.join(quote(i) for i in ids)}) AND processed_at < '{cutoff.isoformat()}'"
+                _retried(lambda: output.table(name).delete(predicate))
+                log.warning("%s: deleted the rows of %d video(s) that have no videos row", name, len(ids))
+        if not dry_run:
+            _retried(lambda: output.table(name).optimize.compact(writer_properties=WRITER))
+        vacuumed = output.table(name).vacuum(
+            retention_hours=int(retention_hours), dry_run=dry_run, enforce_retention_duration=False,
+        )
+        done.append(TableMaintenance(name, before, len(output.table(name).file_uris()), stray, len(vacuumed)))
+    if not dry_run:
+        append_record(output, CommitRecord(kind="maintain", run=run, shard_id="maintain"))
+    return done
+
+
+def _retried(operation: Callable[[], object], attempts: int = 10) -> None:
+    """``operation`` again on the new state when a shard commit came in between (optimize and delete are
+    not idempotent appends: delta-rs leaves their conflicts to the caller)."""
+    for attempt in range(attempts):
+        try:
+            operation()
+            return
+        except CommitFailedError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(random.uniform(0.05, 0.3) * (attempt + 1))
