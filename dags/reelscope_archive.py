@@ -4,8 +4,11 @@
 A one-off sweep over an archive of any size, triggered by hand: **list_and_shard** lists the media under
 `input_uri` and writes one shard plan per shard (skipping videos already done unless `force`);
 **run_shard** runs each shard on Ray (one mapped task per shard, at most `reelscope_gpu` pool slots at
-once); **validate_and_publish** checks schemas, row counts and that every input has exactly one `videos`
-row, then writes `<output_uri>/_runs/<run>.json`. Rerunning it, or any shard, never duplicates rows.
+once); **validate_and_publish** checks the Delta tables' schemas and that every input has exactly one `videos`
+row, then writes `<output_uri>/_runs/<run>.json`; **maintain** compacts the small files the shard commits
+left and vacuums files older than `retention_hours` that no table version needs. Rerunning it, or any
+shard, never duplicates rows: each shard commits one Delta transaction per table, and a retried shard that
+its run committed already is skipped.
 
 | param | meaning |
 | --- | --- |
@@ -15,6 +18,7 @@ row, then writes `<output_uri>/_runs/<run>.json`. Rerunning it, or any shard, ne
 | `shard_size` | videos per shard (grown automatically past `core.max_map_length` shards) |
 | `force` | redo videos that are already done |
 | `retry_failed` | also redo the videos whose committed row failed |
+| `retention_hours` | vacuum keeps files that versions this recent need (default 168) |
 | `config_file` | optional YAML run config on the worker |
 | `storage_options` | explicit s3fs options (JSON object) |
 | `aws_conn_id` | Airflow AWS connection for S3; empty: the `AWS_*` environment |
@@ -33,7 +37,9 @@ from airflow.sdk import DAG, Param
 
 from operators import (
     LISTING_TEMPLATES,
+    STORAGE_TEMPLATES,
     ListAndShardOperator,
+    MaintainOperator,
     run_and_publish,
     shared_params,
     task_defaults,
@@ -51,6 +57,8 @@ with DAG(
         "output_uri": Param("", type="string", minLength=1, description="Output root for the four tables."),
         "force": Param(False, type="boolean", description="Redo videos that are already done."),
         "retry_failed": Param(False, type="boolean", description="Also redo videos whose committed row failed."),
+        "retention_hours": Param(168, type="number", minimum=0,
+                                 description="Vacuum keeps the files that table versions this recent need."),
         **shared_params(),
     },
     render_template_as_native_obj=True,
@@ -63,4 +71,8 @@ with DAG(
         retry_failed="{{ params.retry_failed }}",
         **LISTING_TEMPLATES,
     )
-    run_and_publish(listing)
+    publish = run_and_publish(listing)
+    publish >> MaintainOperator(
+        task_id="maintain", plan_uri=listing.output["plan"], retention_hours="{{ params.retention_hours }}",
+        **STORAGE_TEMPLATES,
+    )

@@ -5,11 +5,12 @@ Every interval (`@daily` by default; `REELSCOPE_DAILY_SCHEDULE` sets another cro
 that arrived in its data interval under `input_uri` into the `dt=` partition of `output_uri`:
 with a `dt=YYYY-MM-DD/` prefix layout under the input, the day prefixes of the interval; otherwise the
 objects whose modification time falls in `[data_interval_start, data_interval_end)`.
-**list_interval** retracts the partition's committed shards first, so rerunning an interval (a cleared
-run, or `airflow backfill create --dag-id reelscope_daily --from-date ... --to-date ...
---reprocess-behavior completed`) replaces it instead of adding rows; **run_shard** runs one mapped task
-per shard within the `reelscope_gpu` pool; **validate_and_publish** checks the partition and writes the
-run manifest under `<output_uri>/_runs/`.
+Rerunning an interval (a cleared run, or `airflow backfill create --dag-id reelscope_daily --from-date ...
+--to-date ... --reprocess-behavior completed`) replaces its partition instead of adding rows:
+**list_interval** plans every input of the interval, **run_shard** (one mapped task per shard within the
+`reelscope_gpu` pool) commits into the run's staging tables, and **validate_and_publish** checks them and
+replaces `dt = ...` in one Delta commit per table, so readers see the old partition until then and a
+failed rerun leaves it whole; it then writes the run manifest under `<output_uri>/_runs/`.
 
 | param | meaning |
 | --- | --- |

@@ -1,4 +1,5 @@
-"""Thin Airflow operators over ``pipeline.orchestrate``: list-and-shard, run-shard-on-Ray, validate-and-publish.
+"""Thin Airflow operators over ``pipeline.orchestrate``: list-and-shard, run-shard-on-Ray, validate-and-publish,
+maintain.
 
 They import Airflow's task SDK only; the pipeline (and torch, Ray) is imported inside ``execute``.
 """
@@ -7,7 +8,7 @@ from operators.common import (
 )
 from operators.list_and_shard import ListAndShardOperator
 from operators.ray_shard import RayShardOperator
-from operators.validate import ReleaseOutputOperator, ValidateAndPublishOperator
+from operators.validate import MaintainOperator, ReleaseOutputOperator, ValidateAndPublishOperator
 from operators.wiring import run_and_publish
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "SHARD_TIMEOUT",
     "STORAGE_TEMPLATES",
     "ListAndShardOperator",
+    "MaintainOperator",
     "RayShardOperator",
     "ReleaseOutputOperator",
     "ValidateAndPublishOperator",

@@ -14,7 +14,7 @@ class ListAndShardOperator(BaseOperator):
     Returns the shard-plan URIs (what the shard task maps over); pushes the plan URI under the XCom key
     ``plan`` and the counts (media, pending, skipped) under ``counts``. With ``interval_start``
     and ``interval_end`` only the media of that interval are listed, into the interval's ``dt=``
-    partition, which ``replace_partition`` empties first.
+    partition, which ``replace_partition`` replaces whole when the run is published.
     """
 
     template_fields = (

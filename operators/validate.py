@@ -1,4 +1,4 @@
-"""Validate a finished run's tables against its plan, then publish the run manifest."""
+"""Validate a finished run's tables against its plan and publish it; free the output; maintain the tables."""
 from __future__ import annotations
 
 from typing import Any
@@ -25,9 +25,9 @@ class _OnPlan(BaseOperator):
 
 
 class ValidateAndPublishOperator(_OnPlan):
-    """Calls ``pipeline.orchestrate.validate_and_publish`` on ``plan_uri``, which repairs the output under the
-    run's lease first (``pipeline.repair``) and releases the lease last; returns the run manifest's URI. Fails
-    without retrying, listing the problems, when a schema, a row count or an input does not add up."""
+    """Calls ``pipeline.orchestrate.validate_and_publish`` on ``plan_uri``, which validates the run's tables under
+    its lease, publishes a partition replacement, and releases the lease last; returns the run manifest's URI.
+    Fails without retrying, listing the problems, when a schema or an input does not add up."""
 
     ui_color = "#e6f4ea"
 
@@ -53,3 +53,21 @@ class ReleaseOutputOperator(_OnPlan):
         from pipeline.orchestrate import release_run
 
         release_run(str(self.plan_uri), self._options())
+
+
+class MaintainOperator(_OnPlan):
+    """Calls ``pipeline.orchestrate.maintain_output`` on the output of ``plan_uri``: compaction of the small
+    files one commit per shard leaves, and vacuum of files older than ``retention_hours`` that no version
+    needs (readers pinned to a recent version read on)."""
+
+    template_fields = (*_OnPlan.template_fields, "retention_hours")
+    ui_color = "#fef7e0"
+
+    def __init__(self, *, retention_hours: Any = 168, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.retention_hours = retention_hours
+
+    def execute(self, context) -> dict:
+        from pipeline.orchestrate import maintain_output
+
+        return maintain_output(str(self.plan_uri), self._options(), float(self.retention_hours))

@@ -77,7 +77,7 @@ _PROBLEMS = {
 
 def input_problem(fingerprint: str) -> str | None:
     """What is wrong with an input whose fingerprint names a problem (one line, for a failed row or a
-    warning); None for a usable input's fingerprint. "missing" is not covered here (the decode stage words it)."""
+    warning); None for a usable input's fingerprint. Not "missing": the decode stage words that one."""
     if fingerprint.startswith("not-regular:"):
         kind = fingerprint.split(":", 1)[1]
         label = next((label for _, k, label in _KINDS if k == kind), None)
@@ -138,7 +138,8 @@ def _check_local(path: str) -> None:
 def _open_local(path: str):
     """Open a local regular file for reading. Never blocks on a FIFO swapped in since it was checked (opened
     non-blocking), and refuses anything the opened descriptor shows is not a regular file."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0))
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
+    fd = os.open(path, flags)
     try:
         problem = _not_regular(os.fstat(fd).st_mode)
         if problem:
@@ -186,7 +187,8 @@ def _item(fs, path: str, info: Mapping[str, Any] | None = None) -> MediaItem:
     uri = fs.unstrip_protocol(path)
     if not _is_local(fs):  # object stores hold regular objects only
         info = info or fs.info(path)
-        return MediaItem(uri, video_id_for(uri), info.get("size"), _modified(info), _fingerprint(fs, path, info))
+        fingerprint = _fingerprint(fs, path, info)
+        return MediaItem(uri, video_id_for(uri), info.get("size"), _modified(info), fingerprint)
     try:
         _check_local(path)
         info = info or fs.info(path)
@@ -220,7 +222,7 @@ def _read_manifest(fs, path: str) -> list[str]:
     except OSError as exc:
         if not _is_local(fs):
             raise
-        raise InputError(f"cannot read manifest {path}: {input_problem(_os_error(path, exc).fingerprint)}") from None
+        raise InputError(f"cannot read manifest {path}: {(exc.strerror or str(exc)).lower()}") from None
     if path.endswith(".csv"):
         rows = list(csv.DictReader(io.StringIO(text)))
         if rows and "uri" not in rows[0]:
@@ -267,7 +269,8 @@ def discover(uri: str, storage_options: Mapping[str, Any] | None = None) -> list
     elif fs.isfile(path) or (_is_local(fs) and os.path.lexists(path)):
         # A single file; named explicitly, so a local one that is not a regular file is a failed row.
         if not fs.isfile(path) and path.lower().endswith(MANIFEST_EXTENSIONS):
-            raise InputError(f"cannot read manifest {uri}: {input_problem(_local_problem(path)) or 'not found'}")
+            problem = input_problem(_local_problem(path) or "") or "not found"
+            raise InputError(f"cannot read manifest {uri}: {problem}")
         item = _item(fs, path)
         items[item.uri] = item
     else:

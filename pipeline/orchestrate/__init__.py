@@ -1,4 +1,4 @@
-"""Entry points for orchestrators: list-and-shard, run-shard, validate-and-publish.
+"""Entry points for orchestrators: list-and-shard, run-shard, validate-and-publish, maintain.
 
 Airflow operators and Ray Jobs call these (``python -m pipeline.orchestrate run-shard <shard plan>``); they
 pass URIs and counts, never data, and import no Airflow. Each step is idempotent: a retry or a rerun
@@ -12,7 +12,7 @@ from pipeline.orchestrate.storage import (
     storage_options_from_env,
     without_secrets,
 )
-from pipeline.orchestrate.validate import ValidationError, release_run, validate_and_publish
+from pipeline.orchestrate.validate import ValidationError, maintain_output, release_run, validate_and_publish
 
 __all__ = [
     "ValidationError",
@@ -20,6 +20,7 @@ __all__ = [
     "build_config",
     "items_in_interval",
     "list_and_shard",
+    "maintain_output",
     "merge_storage_options",
     "partition_for_interval",
     "release_run",

@@ -23,6 +23,7 @@ from pipeline.orchestrate.plan import INPUTS_FILE, result_path, run_key
 from pipeline.orchestrate.storage import merge_storage_options, storage_options_from_env
 from pipeline.store import Output, open_output, publish_partition, read_commits, table_version
 from pipeline.store.lease import Lease
+from pipeline.store.maintain import RETENTION_HOURS, maintain
 from schemas import SCHEMA_VERSION, TABLES
 from schemas.commit import CommitRecord
 from schemas.run import RunManifest, RunPlan, ShardOutcome, ShardResult
@@ -56,6 +57,19 @@ def release_run(plan_uri: str, storage_options: Mapping[str, Any] | None = None)
     same run takes the lease again."""
     _, _, plan, output = _open_plan(plan_uri, storage_options)
     Lease(output, run_key(plan.run_id), shared=True).release()
+
+
+def maintain_output(plan_uri: str, storage_options: Mapping[str, Any] | None = None,
+                    retention_hours: float = RETENTION_HOURS) -> dict[str, int]:
+    """Compact and vacuum the output a run wrote (``pipeline.store.maintain``), after the run; returns the
+    files per table afterwards. Readers and later shard commits go on meanwhile."""
+    _, _, plan, output = _open_plan(plan_uri, storage_options)
+    root = Output(output.uri, output.storage_options)
+    done = maintain(root, retention_hours=retention_hours, run=f"maintain-{run_key(plan.run_id)}")
+    for m in done:
+        log.info("maintain %s: %d -> %d files, %d stray video(s), %d file(s) vacuumed", m.table, m.files_before,
+                 m.files_after, m.stray_rows, m.vacuumed)
+    return {m.table: m.files_after for m in done}
 
 
 def _open_plan(plan_uri: str, storage_options: Mapping[str, Any] | None) -> tuple[Any, str, RunPlan, Output]:

@@ -54,7 +54,7 @@ class MediaDecoder(Stage):
     def _decode(self, task: VideoTask) -> None:
         if task.input_fingerprint == "missing":
             raise MediaError(f"listed in the manifest but not found: {task.uri}")
-        problem = input_problem(task.input_fingerprint)  # a FIFO, device, symlink loop...: discovery never read it
+        problem = input_problem(task.input_fingerprint)  # a FIFO, a device, a symlink loop...: never read
         if problem:
             raise MediaError(problem)
         if task.size == 0:
