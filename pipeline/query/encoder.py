@@ -1,7 +1,8 @@
 """The query encoder: the very CLIP model that embedded the keyframes, found from the tables' provenance.
 
 A query vector is only comparable with vectors from the same model, so the model is never guessed: its name
-comes from the ``embedding_model`` column, its reference (and revision) from the manifests.
+comes from the ``embedding_model`` column, its reference (and revision) from the commit records
+(``CommitRecord.model_refs``).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy as np
 
 from pipeline.config import default_cache_dir
 from pipeline.query import QueryError
+from schemas.commit import CommitRecord
 
 log = logging.getLogger(__name__)
 
@@ -24,13 +26,13 @@ class Encoder(Protocol):
     def embed_images(self, images: list) -> np.ndarray: ...
 
 
-def model_ref(name: str, manifests: Sequence[Mapping[str, Any]]) -> tuple[str, str | None]:
-    """``(ref, revision)`` of the recorded embedding model called ``name``."""
-    for m in manifests:
-        spec = m.model_refs.get("embedding")
+def model_ref(name: str, commits: Sequence[CommitRecord]) -> tuple[str, str | None]:
+    """``(ref, revision)`` of the recorded embedding model called ``name`` (the newest record that names it)."""
+    for record in sorted(commits, key=lambda c: c.committed_at or "", reverse=True):
+        spec = record.model_refs.get("embedding")
         if spec is not None and spec.name == name and spec.ref:
             return spec.ref, spec.revision
-    # Manifests without model_refs: stages record the name as ``ref`` or ``ref@revision``; a revision never
+    # Records without model_refs: stages record the name as ``ref`` or ``ref@revision``; a revision never
     # holds "/", which keeps local paths and URIs that contain "@" whole.
     ref, sep, revision = name.rpartition("@")
     if sep and ref and revision and "/" not in revision:
@@ -41,12 +43,12 @@ def model_ref(name: str, manifests: Sequence[Mapping[str, Any]]) -> tuple[str, s
 def load_encoder(
     name: str,
     dim: int,
-    manifests: Sequence[Mapping[str, Any]],
+    commits: Sequence[CommitRecord],
     cache_dir: str | None = None,
     storage_options: Mapping[str, Any] | None = None,
 ) -> Encoder:
     """Load the embedding model called ``name`` and check that it gives ``dim``-d vectors like the stored ones."""
-    ref, revision = model_ref(name, manifests)
+    ref, revision = model_ref(name, commits)
     log.info("loading query model %s (revision %s)", ref, revision)
     try:
         from transformers.utils import logging as hf_logging

@@ -175,7 +175,7 @@ def _visual(con, snapshot: Snapshot, text, image, model, encoder, cache_dir: str
         from pipeline.query.encoder import load_encoder
 
         progress(f"loading the embedder {name} …")  # seconds of silence otherwise, for a real CLIP
-        encoder = load_encoder(name, dim, snapshot.manifests, cache_dir, snapshot.output.storage_options)
+        encoder = load_encoder(name, dim, snapshot.commits, cache_dir, snapshot.output.storage_options)
     vector = encoder.embed_images([image])[0] if image is not None else encoder.embed_texts([text])[0]
     if len(vector) != dim:
         raise QueryError(f"the query model gives {len(vector)}-d vectors but the keyframes of {name!r} hold {dim}-d ones")

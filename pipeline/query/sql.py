@@ -1,7 +1,9 @@
-"""DuckDB over the four tables, registered as views over exactly the committed files.
+"""DuckDB over the four tables of a snapshot: views over the Delta tables at their pinned versions.
 
-Remote outputs are read through their fsspec filesystem (``register_filesystem``), so no DuckDB extension
-(httpfs) has to be downloaded and the same storage options as the writer apply.
+The tables are read as pyarrow datasets (``Snapshot.dataset``), which carry their own filesystem: local,
+S3 and any other store delta-rs opens are read the same way, with the writer's storage options, and no
+DuckDB extension (``delta``, ``httpfs``) has to be downloaded. DuckDB scans a registered dataset through
+pyarrow, so its own file access stays off (``_lock_down``).
 """
 from __future__ import annotations
 
@@ -12,64 +14,54 @@ import math
 
 import duckdb
 import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow.dataset as ds
 
 from pipeline.query import QueryError, Snapshot
 from pipeline.safe_text import json_line, safe, safe_text
 from schemas import TABLES
 
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-def _embedding_dims(snapshot: Snapshot) -> set[int]:
-    dims = set()
-    for m, path in zip(snapshot.manifests, snapshot.paths("keyframes")):
-        if m.files["keyframes"].rows == 0:  # no vector there (a shard none of whose videos decoded)
-            continue
-        if m.embedding_dim is None:  # a manifest that does not say: ask the file's own schema
-            with snapshot.output.fs.open(path, "rb") as f:
-                dims.add(pq.read_schema(f).field("embedding").type.list_size)
-        else:
-            dims.add(m.embedding_dim)
-    return dims
-
-
 # What a read-only query may be; ``EXPLAIN ANALYZE`` runs its statement, which the lock below also covers.
 READ_ONLY_STATEMENTS = frozenset({"SELECT", "EXPLAIN"})
+# The registered datasets, under names of their own: the views are what queries read.
+_ROWS = "_reelscope_{}_rows"
+
+
+def _present(dataset: ds.Dataset, ids: pa.Array) -> ds.Dataset:
+    """Only the rows of videos in the snapshot's ``videos``: a shard's children are committed before its
+    ``videos`` row, so the pinned children may hold rows of a shard whose ``videos`` commit is to come."""
+    return dataset.filter(ds.field("video_id").isin(ids))
 
 
 def connect(snapshot: Snapshot, allow_writes: bool = False) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB with ``videos``, ``keyframes``, ``segments`` and ``summaries`` as views; unless
-    ``allow_writes``, it can open the committed files and nothing else (see ``_lock_down``)."""
+    """An in-memory DuckDB with ``videos``, ``keyframes``, ``segments`` and ``summaries`` as views over the
+    snapshot's tables; unless ``allow_writes``, it opens no file and changes nothing (see ``_lock_down``)."""
     con = duckdb.connect()
-    if not snapshot.is_local:
-        con.register_filesystem(snapshot.output.fs)
-    # DuckDB refuses hive partitioning when only some files sit under key=value folders.
-    hive = all(m.partition for m in snapshot.manifests)
-    dims = _embedding_dims(snapshot)
-    for table in TABLES:
-        files = ", ".join(_literal(f) for f in snapshot.urls(table))
-        select = "*"
-        if table == "keyframes" and len(dims) == 1:
-            # Parquet stores fixed-size lists as plain lists; the array type is what the vector functions take.
-            select = f"* REPLACE (embedding::FLOAT[{next(iter(dims))}] AS embedding)"
-        con.execute(
-            f"CREATE VIEW {table} AS SELECT {select} FROM read_parquet([{files}], "
-            f"union_by_name = true, hive_partitioning = {str(hive).lower()})"
-        )
-    if not allow_writes:
-        _lock_down(con, snapshot)
+    try:
+        videos = snapshot.dataset("videos")
+        ids = videos.to_table(columns=["video_id"]).column("video_id").combine_chunks()
+        dim = snapshot.embedding_dim
+        for table in TABLES:
+            dataset = videos if table == "videos" else _present(snapshot.dataset(table), ids)
+            rows = _ROWS.format(table)
+            con.register(rows, dataset)
+            select = "*"
+            if table == "keyframes" and dim:
+                # Delta stores the vectors as plain lists; the array type is what the vector functions take.
+                select = f"* REPLACE (embedding::FLOAT[{dim}] AS embedding)"
+            con.execute(f"CREATE VIEW {table} AS SELECT {select} FROM {rows}")
+        if not allow_writes:
+            _lock_down(con)
+    except BaseException:
+        con.close()
+        raise
     return con
 
 
-def _lock_down(con: duckdb.DuckDBPyConnection, snapshot: Snapshot) -> None:
-    """DuckDB's own guard, locked so no statement can lift it: file access only to the committed files, so
-    nothing writes or reads another file (``COPY … TO``, ``ATTACH``, ``read_csv('/etc/…')``) and no
-    extension is installed or loaded, whatever statement gets past the statement-type check."""
-    allowed = ", ".join(_literal(u) for table in TABLES for u in snapshot.urls(table))
-    con.execute(f"SET allowed_paths = [{allowed}]")
+def _lock_down(con: duckdb.DuckDBPyConnection) -> None:
+    """DuckDB's own guard, locked so no statement can lift it: no file access at all (the datasets are
+    scanned by pyarrow, not by DuckDB), so nothing writes or reads a file (``COPY … TO``, ``ATTACH``,
+    ``read_csv('/etc/…')``) and no extension is installed or loaded, whatever statement gets past the
+    statement-type check."""
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
 

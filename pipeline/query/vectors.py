@@ -1,8 +1,10 @@
-"""Keyframe embeddings as one flat float32 matrix on local disk, cached per committed snapshot and model.
+"""Keyframe embeddings as one flat float32 matrix on local disk, cached per snapshot and model.
 
 At archive scale decoding the Parquet list column costs seconds on every search, while the dot products cost
 milliseconds (see benchmarks/search_bench.py). The cache pays the decoding once per snapshot and stays exact
-brute force; any new, rewritten or retracted shard changes the snapshot and so the cache entry.
+brute force. An entry is named by the versions of ``videos`` and ``keyframes`` the snapshot pins (and the
+tables' Delta ids, which a table deleted and written again does not keep): any commit to either, a new,
+rewritten or retracted shard, compaction, changes the entry.
 """
 from __future__ import annotations
 
@@ -50,9 +52,12 @@ def _entry(snapshot: Snapshot, model: str) -> tuple[str, str]:
     """(prefix shared by every snapshot of this output and model, this snapshot's own name)."""
     where = snapshot.output.fs.unstrip_protocol(snapshot.output.root)  # one entry whatever the spelling of the URI
     prefix = hashlib.sha256(json.dumps([where, model]).encode()).hexdigest()[:16]
-    manifests = sorted(snapshot.manifests, key=lambda m: m.shard_id)
-    state = hashlib.sha256("\n".join(m.to_json() for m in manifests).encode()).hexdigest()[:16]
-    return prefix, f"{prefix}-{state}"
+    state = []
+    for name in ("videos", "keyframes"):  # what the vectors' rows depend on (children of videos present)
+        table = snapshot.table(name)
+        state.append([name, snapshot.versions.get(name, -1), table.metadata().id if table is not None else None])
+    digest = hashlib.sha256(json.dumps(state).encode()).hexdigest()[:16]
+    return prefix, f"{prefix}-{digest}"
 
 
 def load_vectors(con: duckdb.DuckDBPyConnection, snapshot: Snapshot, model: str, dim: int, cache_dir: str) -> KeyframeVectors:

@@ -1,7 +1,7 @@
 """list-and-shard, interval selection, storage options and validation, on tables written by the real writer.
 
-A committed shard here holds failed rows (no models needed): validation only cares about schemas, row
-counts and which inputs have a ``videos`` row.
+A committed shard here holds failed rows (no models needed): validation only cares about schemas and which
+inputs have a ``videos`` row.
 """
 import dataclasses
 import datetime as dt
@@ -10,6 +10,8 @@ import os
 import posixpath
 
 import fsspec
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401
 import pytest
 
 from pipeline.config import load_config
@@ -23,12 +25,13 @@ from pipeline.orchestrate import (
     storage_options_from_env,
     validate_and_publish,
 )
+from pipeline.orchestrate.plan import run_key
 from pipeline.rows import build_tables
 from pipeline.run import planned_shard
-from pipeline.lease import Lease
-from pipeline.tables import Output, open_output
+from pipeline.store import Output, commit_shard, open_output, open_snapshot, read_commits
+from pipeline.store.lease import Lease
 from pipeline.task import VideoTask
-from schemas.manifest import ShardManifest, VideoEntry
+from schemas.commit import CommitRecord
 from schemas.plan import ShardPlan
 from schemas.run import Failure, PlannedShard, RunManifest, RunPlan, ShardOutcome, ShardResult
 
@@ -53,7 +56,8 @@ def _commit(output, shard_uri, opts=None):
     """Do what run_shard does for one shard plan, minus the models: every video a failed row."""
     plan = _run_plan(posixpath.join(posixpath.dirname(shard_uri), "plan.json"), opts)
     shard = next(s for s in plan.shards if s.uri == shard_uri)
-    items = planned_shard(_shard_plan(shard_uri, opts)).items
+    shard_plan = _shard_plan(shard_uri, opts)
+    items = planned_shard(shard_plan).items
     tasks = []
     for i in items:
         task = VideoTask(i.video_id, i.uri, i.input_fingerprint, i.size)
@@ -62,11 +66,15 @@ def _commit(output, shard_uri, opts=None):
     fingerprint = plan.config_fingerprint
     tables = build_tables(tasks, shard_id=shard.shard_id, config_fingerprint=fingerprint, embedding_dim=4,
                           model_names={"asr": "w", "summary": "l"}, processed_at=dt.datetime.now(UTC))
-    manifest = ShardManifest(
-        config_fingerprint=fingerprint, embedding_dim=4,
-        videos=tuple(VideoEntry(i.video_id, i.input_fingerprint, i.uri, "failed") for i in items),
-    )
-    Output(output, opts, plan.partition).write_shard(shard.shard_id, tables, manifest)
+    key = run_key(plan.run_id)
+    target = Output(output, opts, plan.partition)
+    target = target.staging(key) if shard_plan.staging else target
+    record = CommitRecord(run=key, shard_id=shard.shard_id, config_fingerprint=fingerprint, embedding_dim=4)
+    return commit_shard(target, tables, record, planned_version=shard_plan.planned_version)
+
+
+def _videos(out, opts=None):
+    return open_snapshot(out, opts).read("videos")
 
 
 def test_storage_options_from_env_and_connection():
@@ -156,7 +164,7 @@ def test_forced_rerun_with_another_shard_size_keeps_shard_ids(tmp_path):
     assert {s.shard_id for s in _run_plan(again["plan"]).shards} == ids
     for shard in again["shards"]:
         _commit(out, shard)
-    assert Output(out).read_table("videos").num_rows == 4
+    assert _videos(out).num_rows == 4
 
 
 def test_too_many_shards_grow_the_shard_size(tmp_path):
@@ -174,37 +182,50 @@ def test_interval_run_replaces_its_partition(tmp_path):
     assert first["partition"] == "dt=2026-11-22" and first["media"] == 2
     for shard in first["shards"]:
         _commit(out, shard)
+    assert Output(out).table("videos") is None  # staged, not published: readers see nothing new yet
     validate_and_publish(first["plan"])
+    published = _videos(out)
+    assert published.num_rows == 2 and set(published.column("dt").to_pylist()) == {"2026-11-22"}
     again = list_and_shard(str(tmp_path / "in"), out, "day1-again", interval=interval, replace_partition=True)
-    assert (again["cleared"], again["pending"]) == (1, 2)
+    assert (again["pending"], again["skipped"]) == (2, 0)
     for shard in again["shards"]:
         _commit(out, shard)
+    # Until the rerun is published, readers see the partition as the first run left it, whole.
+    assert _videos(out).sort_by("video_id").equals(published.sort_by("video_id"))
     manifest = _run_manifest(validate_and_publish(again["plan"]))
     assert manifest.partition == "dt=2026-11-22" and manifest.rows["videos"] == 2
-    assert Output(out).read_table("videos").num_rows == 2
+    replaced = _videos(out)
+    assert replaced.num_rows == 2 and replaced["processed_at"] != published["processed_at"]
+    assert [c.kind for c in read_commits(Output(out))].count("publish") == 2
+    assert not (tmp_path / "out" / "_staging").exists() or not any((tmp_path / "out" / "_staging").iterdir())
+    # A retried validate task after its publish validates the result and publishes nothing twice.
+    validate_and_publish(again["plan"])
+    assert [c.kind for c in read_commits(Output(out))].count("publish") == 2
 
 
-def test_validation_repairs_duplicates_and_catches_bad_counts(tmp_path):
+def test_a_video_in_two_shards_is_committed_once_and_outside_duplicates_fail_validation(tmp_path):
+    from deltalake import write_deltalake
+
     _media(str(tmp_path / "in"), ["a.mp4", "b.mp4"])
     out = str(tmp_path / "out")
     result = list_and_shard(str(tmp_path / "in"), out, "dup", shard_size=1)
     for shard in result["shards"]:
         _commit(out, shard)
-    # The same video committed under a second shard id: two rows for one input.
+    # The same video planned under a second shard id (two runs that listed differently): the later commit
+    # leaves it to the shard that holds it.
     plan = _run_plan(result["plan"])
     first = dataclasses.replace(plan.shards[0], shard_id="00000000000000ff")
     fs, path = fsspec.core.url_to_fs(result["plan"])
     fs.pipe_file(path, dataclasses.replace(plan, shards=(first, *plan.shards[1:])).to_json().encode())
-    _commit(out, first.uri)
+    assert _commit(out, first.uri) is None
     twice = _shard_plan(first.uri).items[0].video_id
-    # The validate task repairs first: the newest commit keeps the video, the older shard goes.
+    assert _videos(out).column("video_id").to_pylist().count(twice) == 1
     validate_and_publish(result["plan"])
-    assert Output(out).read_table("videos").column("video_id").to_pylist().count(twice) == 1
-    manifest_path = next((tmp_path / "out" / "_manifests").glob("shard-*.json"))
-    body = json.loads(manifest_path.read_text())
-    body["files"]["videos"]["rows"] = 7
-    manifest_path.write_text(json.dumps(body))
-    with pytest.raises(ValidationError, match="videos has 1 rows, its manifest says 7"):
+    # A row appended by some other writer, outside reelscope: validation names it.
+    table = Output(out).table("videos")
+    row = table.to_pyarrow_dataset().to_table().filter(pa.compute.equal(pa.compute.field("video_id"), twice))
+    write_deltalake(Output(out).table_uri("videos"), row, mode="append")
+    with pytest.raises(ValidationError, match=f"video {twice} has 2 videos rows"):
         validate_and_publish(result["plan"])
 
 
@@ -236,8 +257,8 @@ def test_run_shard_executes_its_plan_as_written(tmp_path, ray_session, model_cac
     _media(str(tmp_path / "in"), ["c.mp4"])
     counts = run_shard(shard_uri, cache_dir=model_cache)
     assert (counts["discovered"], counts["failed"], counts["skipped"]) == (2, 2, 0)
-    assert [m.shard_id for m in Output(out).manifests()] == [planned.shard_id]
-    rows = Output(out).read_table("videos").to_pylist()
+    assert [r.shard_id for r in read_commits(Output(out))] == [planned.shard_id]
+    rows = _videos(out).to_pylist()
     assert sorted(r["uri"] for r in rows) == sorted(i.uri for i in planned.items)
     assert all(r["input_fingerprint"] == i.input_fingerprint for r, i in zip(
         sorted(rows, key=lambda r: r["uri"]), sorted(planned.items, key=lambda i: i.uri)))

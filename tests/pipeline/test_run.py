@@ -11,9 +11,9 @@ import pytest
 from pipeline.config import load_config
 from pipeline.query.encoder import model_ref
 from pipeline.run import run
-from pipeline.tables import Output
+from pipeline.store import Output, open_snapshot, read_commits
 from schemas import SCHEMA_VERSION, SEGMENTS, SUMMARIES, VIDEOS, keyframes_schema
-from schemas.manifest import ModelRef
+from schemas.commit import ModelRef
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +39,8 @@ def first_run(mixed_folder, tmp_path_factory, ray_session, model_cache):
     return config, run(config)
 
 
-def _rows(output, table):
-    return Output(output).read_table(table).sort_by([("video_id", "ascending")])
+def _rows(output, table, opts=None):
+    return open_snapshot(output, opts).read(table).sort_by([("video_id", "ascending")])
 
 
 def test_every_input_recorded_exactly_once(first_run, mixed_folder):
@@ -61,12 +61,12 @@ def test_every_input_recorded_exactly_once(first_run, mixed_folder):
 
 def test_tables_conform_and_carry_the_content(first_run):
     config, summary = first_run
-    out = Output(config.output)
-    videos = out.read_table("videos")
-    keyframes = out.read_table("keyframes")
+    out = open_snapshot(config.output)
+    videos = out.read("videos")
+    keyframes = out.read("keyframes")
     assert videos.schema.equals(VIDEOS)
-    assert out.read_table("segments").schema.equals(SEGMENTS)
-    assert out.read_table("summaries").schema.equals(SUMMARIES)
+    assert out.read("segments").schema.equals(SEGMENTS)
+    assert out.read("summaries").schema.equals(SUMMARIES)
     dim = keyframes.schema.field("embedding").type.list_size
     assert keyframes.schema.equals(keyframes_schema(dim))
     scenes = next(v for v in videos.to_pylist() if v["uri"].endswith("scenes.mp4"))
@@ -79,18 +79,19 @@ def test_tables_conform_and_carry_the_content(first_run):
     assert {k["embedding_model"] for k in kf} == {"tiny:clip"} and {k["caption_model"] for k in kf} == {"tiny:blip2"}
     pattern = next(v for v in videos.to_pylist() if v["uri"].endswith("pattern.mkv"))
     assert pattern["has_audio"] is False and pattern["num_segments"] == 0
-    segments = out.read_table("segments").to_pylist()
+    segments = out.read("segments").to_pylist()
     assert {s["video_id"] for s in segments} <= {scenes["video_id"]}
     assert all(0 <= s["start_s"] <= s["end_s"] <= 6.5 for s in segments)
-    summaries = out.read_table("summaries").to_pylist()
+    summaries = out.read("summaries").to_pylist()
     assert sorted(s["video_id"] for s in summaries) == sorted([scenes["video_id"], pattern["video_id"]])
     for s in summaries:
         # Decoded under the answer's schema, even random weights give the asked shape.
         assert s["status"] == "ok" and s["summary"]
-    manifests = out.manifests()
+    manifests = [c for c in out.commits if c.kind == "shard"]
+    assert len(manifests) == 2
     assert all(m.schema_version == SCHEMA_VERSION and m.config_fingerprint == config.fingerprint() for m in manifests)
     assert manifests[0].model_refs["embedding"] == ModelRef("tiny:clip", name="tiny:clip")
-    # Search finds the embedding model's ref by the name the keyframes record, in the manifests as written.
+    # Search finds the embedding model's ref by the name the keyframes record, in the commit records as written.
     moved = dataclasses.replace(manifests[0], model_refs={"embedding": ModelRef("s3://m/clip", name="tiny:clip")})
     assert model_ref("tiny:clip", [moved]) == ("s3://m/clip", None)
     assert summary.keyframes == keyframes.num_rows and summary.summaries == 2
@@ -132,7 +133,7 @@ def test_changed_file_is_redone_alone(first_run, mixed_folder, tmp_path):
     shutil.copy(copy_in / "scenes.mp4", copy_in / "letter.mp4")
     summary = run(cfg)
     assert (summary.ok, summary.failed, summary.skipped) == (1, 0, 5)  # its shard keeps the other rows
-    videos = Output(str(out)).read_table("videos").to_pylist()
+    videos = _rows(str(out), "videos").to_pylist()
     assert len(videos) == 6
     assert next(v for v in videos if v["uri"].endswith("letter.mp4"))["status"] == "ok"
 
@@ -147,15 +148,13 @@ def test_s3_input_and_output(s3, ray_session, model_cache, mixed_folder):
     cfg = load_config(f"s3://{bucket}/media", f"s3://{bucket}/tables", "tiny", cache_dir=model_cache, storage_options=opts)
     summary = run(cfg)
     assert (summary.ok, summary.failed) == (1, 1)
-    out = Output(cfg.output, opts)
-    assert out.read_table("videos").num_rows == 2 and out.read_table("keyframes").num_rows == 3
-    assert fs.exists(f"{bucket}/tables/_manifests")
+    assert _rows(cfg.output, "videos", opts).num_rows == 2 and _rows(cfg.output, "keyframes", opts).num_rows == 3
+    assert fs.exists(f"{bucket}/tables/videos/_delta_log/00000000000000000001.json")
     assert run(cfg).skipped == 2
 
 
 def test_nothing_decodable_waits_for_no_model_and_mixes_with_later_shards(tmp_path, ray_session, model_cache):
     from pipeline.media.synth import make_video
-    from pipeline.query import open_snapshot
     from pipeline.query.sql import connect, run_sql
 
     (tmp_path / "in").mkdir()
@@ -165,13 +164,13 @@ def test_nothing_decodable_waits_for_no_model_and_mixes_with_later_shards(tmp_pa
     assert (summary.ok, summary.failed) == (0, 1)
     # The shard went from decode straight to its commit: no stage call, so the run never waited for a model.
     assert "load models" not in summary.stage_seconds and "asr" not in summary.stage_seconds
-    (manifest,) = Output(config.output).manifests()
-    assert manifest.embedding_dim is None and manifest.files["keyframes"].rows == 0
+    (record,) = read_commits(Output(config.output))
+    assert record.embedding_dim is None and record.rows["keyframes"] == 0
 
     make_video(tmp_path / "in" / "scenes.mp4", [("red", 1.0), ("blue", 1.0)])
     assert run(config).ok == 1
     # The width-less empty shard neither breaks reading the table nor the vector type SQL gives it.
-    assert Output(config.output).read_table("keyframes").num_rows > 0
+    assert _rows(config.output, "keyframes").num_rows > 0
     con = connect(open_snapshot(config.output))
-    (dim,) = {m.embedding_dim for m in Output(config.output).manifests()} - {None}
+    (dim,) = {m.embedding_dim for m in read_commits(Output(config.output))} - {None}
     assert run_sql(con, "SELECT typeof(embedding) AS t FROM keyframes LIMIT 1").to_pylist() == [{"t": f"FLOAT[{dim}]"}]
