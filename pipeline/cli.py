@@ -140,7 +140,7 @@ def run(
         except KeyboardInterrupt as exc:
             signum = getattr(exc, "signum", signal.SIGINT)
             _stop_ray()
-            raise Interrupted(signum, f"{bar.shards_written} shards committed, rerun to continue") from None
+            raise Interrupted(signum, f"{bar.shards_committed} shards committed, rerun to continue") from None
     if summary.discovered == 0:
         _note(_nothing_found_hint(input))
     print_summary(out, summary)

@@ -62,8 +62,10 @@ def _s3(e: BaseException) -> str | None:
 
 
 def _disk(e: BaseException) -> str | None:
-    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-        where = f" writing {e.filename}" if e.filename else ""
+    full = isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+    # delta-rs (Rust) reports the OS error in its message only.
+    if full or "No space left on device" in str(e) or "Disk quota exceeded" in str(e):
+        where = f" writing {e.filename}" if getattr(e, "filename", None) else ""
         return f"disk full{where}: free some space (or write elsewhere with --output) and run again"
     return None
 

@@ -18,7 +18,7 @@ class RunProgress:
     """A rich progress bar over videos; ``update`` is the ``progress`` callback of ``pipeline.run.run``.
 
     ``on_update`` is called with every step (the CLI keeps its signal handler in place with it);
-    ``shards_written`` counts the shards committed so far, for the line an interrupted run ends with.
+    ``shards_committed`` counts the shards committed so far, for the line an interrupted run ends with.
     """
 
     def __init__(self, console: Console, on_update: Callable[[], None] = lambda: None):
@@ -30,7 +30,7 @@ class RunProgress:
         self.on_update = on_update
         self.task = None
         self.last = None
-        self.shards_written = 0
+        self.shards_committed = 0
 
     def __enter__(self) -> "RunProgress":
         self.progress.__enter__()
@@ -42,8 +42,8 @@ class RunProgress:
     def update(self, description: str, done: int, total: int) -> None:
         self.on_update()
         description = safe(description)
-        if description.endswith(": written"):  # pipeline.run reports each committed shard so
-            self.shards_written += 1
+        if description.endswith(": committed"):  # pipeline.run reports each committed shard so
+            self.shards_committed += 1
         if self.task is None:
             self.task = self.progress.add_task(description, total=total)
         self.progress.update(self.task, description=description, completed=done, total=total)
@@ -61,7 +61,7 @@ def print_summary(console: Console, summary) -> None:
     table.add_row("processed ok", str(summary.ok))
     table.add_row("failed", str(summary.failed))
     table.add_row("skipped (already done)", str(summary.skipped))
-    table.add_row("shards written", str(summary.shards))
+    table.add_row("shards committed", str(summary.shards))
     table.add_row("keyframes", str(summary.keyframes))
     table.add_row("transcript segments", str(summary.segments))
     table.add_row("summaries", str(summary.summaries))

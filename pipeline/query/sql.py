@@ -22,8 +22,6 @@ from schemas import TABLES
 
 # What a read-only query may be; ``EXPLAIN ANALYZE`` runs its statement, which the lock below also covers.
 READ_ONLY_STATEMENTS = frozenset({"SELECT", "EXPLAIN"})
-# The registered datasets, under names of their own: the views are what queries read.
-_ROWS = "_reelscope_{}_rows"
 
 
 def _present(dataset: ds.Dataset, ids: pa.Array) -> ds.Dataset:
@@ -41,14 +39,12 @@ def connect(snapshot: Snapshot, allow_writes: bool = False) -> duckdb.DuckDBPyCo
         ids = videos.to_table(columns=["video_id"]).column("video_id").combine_chunks()
         dim = snapshot.embedding_dim
         for table in TABLES:
-            dataset = videos if table == "videos" else _present(snapshot.dataset(table), ids)
-            rows = _ROWS.format(table)
-            con.register(rows, dataset)
-            select = "*"
+            # A view over the dataset itself (the view holds it): no other name to read the rows by.
+            rows = con.from_arrow(videos if table == "videos" else _present(snapshot.dataset(table), ids))
             if table == "keyframes" and dim:
                 # Delta stores the vectors as plain lists; the array type is what the vector functions take.
-                select = f"* REPLACE (embedding::FLOAT[{dim}] AS embedding)"
-            con.execute(f"CREATE VIEW {table} AS SELECT {select} FROM {rows}")
+                rows = rows.project(f"* REPLACE (embedding::FLOAT[{dim}] AS embedding)")
+            rows.create_view(table)
         if not allow_writes:
             _lock_down(con)
     except BaseException:

@@ -38,6 +38,7 @@ from schemas.commit import COMMITS, CommitRecord
 log = logging.getLogger(__name__)
 
 ATTEMPTS = 20  # rounds lost to other writers of the same shard or partition before giving up
+IO_ATTEMPTS = 3  # writes that failed on the way (a reset connection) and did not land
 WRITER = WriterProperties(compression="ZSTD")
 
 
@@ -90,7 +91,7 @@ def _create(output: Output, name: str, embedding_dim: int | None) -> None:
     try:
         DeltaTable.create(output.table_uri(name), schema, mode="ignore", partition_by=partition_by,
                           name=name, storage_options=output.delta_options)
-    except DeltaError:
+    except (DeltaError, OSError):  # OSError: a lost reply (the table may be there all the same)
         if output.table(name) is None:  # not a creator that lost the race to another: a real failure
             raise
 
@@ -169,21 +170,27 @@ def write_rows(
     version = _now_version()
     txns = [Transaction(app, version)] + ([Transaction(_serial_id(output), version)] if serial else [])
     props = CommitProperties(app_transactions=txns, custom_metadata=dict(metadata or {}))
+    io_failures = 0
     for attempt in range(ATTEMPTS):
         try:
             write_deltalake(
-                output.table_uri(table), rows() if callable(rows) else rows, mode=mode, predicate=predicate if mode == "overwrite" else None,
+                output.table_uri(table), rows() if callable(rows) else rows, mode=mode,
+                predicate=predicate if mode == "overwrite" else None,
                 partition_by=[output.partition_column] if output.partition and table != COMMITS_TABLE else None,
                 storage_options=output.delta_options, writer_properties=WRITER, commit_properties=props,
             )
             return
-        except CommitFailedError as exc:
+        except (CommitFailedError, OSError) as exc:
+            # A lost reply: delta-rs says OSError (connection reset) or, when its own retry of the log PUT
+            # found the version taken, CommitFailedError; either way the log knows whether it landed.
             if _landed(output, table, app, version):
                 log.info("commit to %s of %s landed although its reply was lost", table, output.uri)
                 return
-            if serial or attempt == ATTEMPTS - 1:
+            lost_race = isinstance(exc, CommitFailedError)
+            io_failures += not lost_race
+            if (lost_race and serial) or attempt == ATTEMPTS - 1 or io_failures == IO_ATTEMPTS:
                 raise
-            log.info("commit to %s of %s lost to a concurrent writer (%s); writing again", table, output.uri,
+            log.info("commit to %s of %s did not land (%s); writing again", table, output.uri,
                      str(exc).splitlines()[0][:120])
             time.sleep(random.uniform(0.05, 0.2) * (attempt + 1))
 

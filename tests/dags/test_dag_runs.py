@@ -8,10 +8,11 @@ import datetime as dt
 import json
 
 import fsspec
+import pyarrow.dataset as ds
 import pytest
 
 from airflow_env import REPO
-from pipeline.tables import Output
+from pipeline.store import Output, open_snapshot, read_commits
 
 UTC = dt.timezone.utc
 pytestmark = pytest.mark.usefixtures("airflow_db", "ray_session")
@@ -58,9 +59,10 @@ def _states(dr):
 def _videos(uri, opts, partition=None):
     # The DAG rewrote objects this process has listed before: forget s3fs's cached listings and ETags.
     fsspec.filesystem("s3", **opts).invalidate_cache()
-    out = Output(uri, opts, partition)
-    table = out.read_table("videos", columns=["video_id", "uri", "status"], all_partitions=partition is None)
-    return sorted(zip(*table.to_pydict().values())), out
+    snapshot = open_snapshot(uri, opts)
+    part = (ds.field("dt") == partition.split("=", 1)[1]) if partition else None
+    table = snapshot.read("videos", columns=["video_id", "uri", "status"], filter=part)
+    return sorted(zip(*table.to_pydict().values())), snapshot
 
 
 def test_archive_sweep_then_rerun(dags, samples, s3, monkeypatch):
@@ -79,12 +81,15 @@ def test_archive_sweep_then_rerun(dags, samples, s3, monkeypatch):
     assert [s for s in _states(dr) if s[0] == "run_shard"] == [("run_shard", 0, "success"), ("run_shard", 1, "success")]
     rows, out = _videos(f"s3://{bucket}/tables", opts)
     assert len(rows) == 3 and sorted(r[2] for r in rows) == ["failed", "ok", "ok"]
-    assert {t: out.read_table(t).num_rows > 0 for t in ("keyframes", "segments", "summaries")} == dict.fromkeys(
+    assert {t: out.read(t).num_rows > 0 for t in ("keyframes", "segments", "summaries")} == dict.fromkeys(
         ("keyframes", "segments", "summaries"), True)
     (run_file,) = fs.glob(f"{bucket}/tables/_runs/*.json")
     manifest = json.loads(fs.cat(run_file))
     assert manifest["inputs"] == 3 and manifest["videos"] == {"ok": 2, "failed": 1}
     assert manifest["rows"]["videos"] == 3 and len(manifest["committed_shards"]) == 2
+    # The maintain task ran last: one file per table left of the two shard commits.
+    assert ("maintain", -1, "success") in _states(dr)
+    assert len(Output(f"s3://{bucket}/tables", opts).table("keyframes").file_uris()) == 1
 
     # Nothing new: no shard to map, the run is still validated and published, the rows stay as they were.
     again = dags["reelscope_archive"].test(run_conf=conf)
@@ -109,15 +114,16 @@ def test_daily_interval_and_its_replacement(dags, samples, s3, monkeypatch):
     rows, out = _videos(f"s3://{bucket}/tables", opts, "dt=2026-11-22")
     assert [r[2] for r in rows] == ["ok", "ok"]
     assert [r[1].rsplit("/", 2)[-2] for r in rows] == ["dt=2026-11-22"] * 2
-    assert fs.glob(f"{bucket}/tables/videos/dt=2026-11-22/shard-*.parquet")
+    assert fs.glob(f"{bucket}/tables/videos/dt=2026-11-22/*.parquet")
     assert _videos(f"s3://{bucket}/tables", opts)[0] == rows  # nothing outside the partition
-    first_manifests = {m.shard_id for m in out.manifests()}
+    first = [c for c in read_commits(out.output) if c.kind == "publish"]
 
     # The same interval again (a cleared run or a backfill with --reprocess-behavior): replaced, not added to.
     again = dags["reelscope_daily"].test(logical_date=midnight, run_conf=conf)
     assert again.state == "success", _states(again)
     assert _videos(f"s3://{bucket}/tables", opts)[0] == rows
-    assert {m.shard_id for m in out.manifests()} == first_manifests
+    published = [c for c in read_commits(out.output) if c.kind == "publish"]
+    assert len(first) == 1 and len(published) == 2 and published[-1].versions["videos"] > first[0].versions["videos"]
     fs.invalidate_cache()
     runs = sorted(fs.glob(f"{bucket}/tables/_runs/*.json"))  # named by run id, which starts with the run's time
     assert len(runs) == 2

@@ -11,10 +11,8 @@ import time
 
 import pytest
 
-from pipeline.lease import Lease, LeaseHeld, LeaseLost, LeaseRecord, lease_path
-from pipeline.tables import Output, OutputError
-from schemas.manifest import ShardManifest
-from tests.pipeline.test_tables import _tables
+from pipeline.store import Output, OutputError
+from pipeline.store.lease import Lease, LeaseHeld, LeaseLost, LeaseRecord, lease_path
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -101,11 +99,17 @@ def test_shard_tasks_of_one_run_share_its_lease_and_a_later_run_makes_them_refus
         Lease(output, "airflow-run-1", shared=True, joins=True).acquire()
 
 
-def test_a_run_that_lost_its_lease_commits_nothing(tmp_path):
+def test_a_run_that_lost_its_lease_never_takes_it_back(tmp_path):
     output = Output(str(tmp_path))
     with Lease(output, "run-a") as lease:
+        # Run a stalled; run b took the stale lease over, and has even released it since.
         _rewrite(output, owner="run-b", expires_at=time.time() + 60)
         lease.renew()
+        with pytest.raises(LeaseLost, match="now held by run-b"):
+            lease.check()
+        _rewrite(output, owner="run-b", released=True)
+        lease.renew()  # run a's next heartbeat: the lease is free, but it was run b's last
         with pytest.raises(LeaseLost):
-            output.write_shard("0123456789abcdef", _tables(), ShardManifest())
-    assert output.manifests() == [] and json.loads((tmp_path / "_lease.json").read_text())["owner"] == "run-b"
+            lease.check()
+    record = json.loads((tmp_path / "_lease.json").read_text())
+    assert record["owner"] == "run-b" and record["released"] is True

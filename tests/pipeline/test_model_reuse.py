@@ -15,7 +15,7 @@ from pipeline.executor import NAMESPACE, _StageActor, release_models
 from pipeline.media.synth import make_video
 from pipeline.orchestrate import list_and_shard, result_path
 from pipeline.stages.base import Stage
-from pipeline.tables import open_output
+from pipeline.store import open_output
 from schemas.run import ShardResult
 
 

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from pipeline.media.synth import make_video
-from pipeline.tables import Output
+from pipeline.store import Output, open_snapshot, read_commits
 
 NO_AWS = {"AWS_SHARED_CREDENTIALS_FILE": "/nonexistent", "AWS_CONFIG_FILE": "/nonexistent",
           "AWS_EC2_METADATA_DISABLED": "true"}
@@ -139,13 +139,13 @@ first shard's commit leaves five under way)."""
     return proc, "".join(lines)
 
 
-@pytest.mark.parametrize("sig, marker, code", [(signal.SIGTERM, ": written", 143), (signal.SIGINT, "loading models", 130)])
+@pytest.mark.parametrize("sig, marker, code", [(signal.SIGTERM, ": committed", 143), (signal.SIGINT, "loading models", 130)])
 def test_signals_stop_a_run_cleanly(tmp_path, model_cache, sig, marker, code):
     proc, stderr = _run_until(tmp_path, model_cache, marker, sig)
     assert proc.returncode == code, stderr
     assert "Traceback" not in stderr and "Aborted" not in stderr and "core dumped" not in stderr, stderr
     last = stderr.strip().splitlines()[-1]
-    committed = Output(str(tmp_path / "out")).manifests() if (tmp_path / "out").exists() else []
+    committed = read_commits(Output(str(tmp_path / "out"))) if (tmp_path / "out").exists() else []
     assert last == f"reelscope: interrupted: {len(committed)} shards committed, rerun to continue", stderr
-    if committed:  # what is committed is whole: every manifest's rows are there
-        assert Output(str(tmp_path / "out")).read_table("videos").num_rows == sum(len(m.videos) for m in committed)
+    if committed:  # what is committed is whole: every shard's videos row is there
+        assert open_snapshot(str(tmp_path / "out")).read("videos").num_rows == sum(c.rows["videos"] for c in committed)

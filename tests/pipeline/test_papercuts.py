@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 from pipeline import cli
 from pipeline.discover import VIDEO_EXTENSIONS, discover
 from pipeline.rows import build_tables
-from pipeline.tables import Output
-from schemas.manifest import ShardManifest
+from pipeline.store import Output, commit_shard
+from schemas.commit import CommitRecord
 from tests.pipeline.query.query_helpers import DIM, archive_tasks
 
 
@@ -22,7 +22,8 @@ def _archive(output: Output, profile: str) -> str:
     tables = build_tables(tasks, shard_id="0" * 16, config_fingerprint="cfg", embedding_dim=DIM,
                           model_names={"asr": "test:asr", "summary": "test:llm"},
                           processed_at=dt.datetime(2026, 11, 23, tzinfo=dt.timezone.utc))
-    output.write_shard("0" * 16, tables, ShardManifest(embedding_dim=DIM, profile=profile))
+    record = CommitRecord(run="test", shard_id="0" * 16, config_fingerprint="cfg", embedding_dim=DIM, profile=profile)
+    commit_shard(output, tables, record, planned_version=-1)
     return output.uri
 
 

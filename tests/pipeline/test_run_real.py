@@ -17,7 +17,7 @@ from pipeline.config import load_config
 from pipeline.media.audio import extract_audio
 from pipeline.media.speech import lay_out, music, start_errors, word_error_rate, write_talk
 from pipeline.run import run
-from pipeline.tables import Output
+from pipeline.store import open_snapshot
 
 SPANISH = [(0.5, "Hoy vamos a preparar una sopa de verduras."), (4.5, "El tiempo hoy es soleado y agradable.")]
 
@@ -48,13 +48,13 @@ def real_run(spoken, tmp_path_factory, ray_session, model_cache, real_weights):
     config = load_config(str(folder), str(out), "tiny", str(config_file), cache_dir=model_cache)
     summary = run(config)
     assert summary.ok == 4 and summary.failed == 0, summary.failures
-    tables = Output(str(out))
-    videos = {v["uri"].rsplit("/", 1)[-1]: v for v in tables.read_table("videos").to_pylist()}
+    tables = open_snapshot(str(out))
+    videos = {v["uri"].rsplit("/", 1)[-1]: v for v in tables.read("videos").to_pylist()}
     by_name = {v["video_id"]: name for name, v in videos.items()}
     segments: dict[str, list[dict]] = {name: [] for name in videos}
-    for s in sorted(tables.read_table("segments").to_pylist(), key=lambda s: s["start_s"]):
+    for s in sorted(tables.read("segments").to_pylist(), key=lambda s: s["start_s"]):
         segments[by_name[s["video_id"]]].append(s)
-    summaries = {by_name[s["video_id"]]: s for s in tables.read_table("summaries").to_pylist()}
+    summaries = {by_name[s["video_id"]]: s for s in tables.read("summaries").to_pylist()}
     return config, videos, segments, summaries
 
 
