@@ -107,7 +107,7 @@ def check_tables(output: Output, inputs: list[str]) -> tuple[list[str], dict[str
         if _comparable(actual) != _comparable(output.schema(table)):
             problems.append(f"the {table} table does not have the {table} schema of schema version {SCHEMA_VERSION}")
         columns = ["video_id", "status"] if table == "videos" else ["video_id"]
-        ids[table] = found.to_pyarrow_dataset().to_table(columns=columns, filter=part)
+        ids[table] = output.dataset(table, found=found).to_table(columns=columns, filter=part)
         rows[table] = ids[table].num_rows
     videos = ids.get("videos", pa.table({"video_id": pa.array([], pa.string()), "status": pa.array([], pa.string())}))
     seen = collections.Counter(videos.column("video_id").to_pylist())

@@ -113,10 +113,13 @@ def _log_entries(output: Output, table: str, after: int, upto: int) -> Iterable[
         yield [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def taken_elsewhere(output: Output, since: int, shard_id: str, ids: set[str], own_app: str) -> dict[str, str]:
+def taken_elsewhere(
+    output: Output, since: int, shard_id: str, ids: set[str], own_app: str, found: DeltaTable | None = None,
+) -> dict[str, str]:
     """Of ``ids``, the videos that other writers committed into other shards of this partition after
-    version ``since`` of ``videos``: video id -> the shard that holds it now."""
-    found = output.table("videos")
+    version ``since`` of ``videos`` (up to the version of ``found``, the table as read; default: now):
+    video id -> the shard that holds it now."""
+    found = found if found is not None else output.table("videos")
     if found is None or found.version() <= since:
         return {}
     files = []
@@ -161,12 +164,14 @@ def _landed(output: Output, table: str, app: str, version: int) -> bool:
 
 def write_rows(
     output: Output, table: str, rows: pa.Table | Callable[[], Any], predicate: str, app: str, *, serial: bool = False,
-    metadata: Mapping[str, str] | None = None, mode: str = "overwrite",
+    metadata: Mapping[str, str] | None = None, mode: str = "overwrite", read: DeltaTable | None = None,
 ) -> None:
     """One commit replacing the rows matching ``predicate`` with ``rows`` (or appending), carrying the
     application transaction ``app``. A commit whose reply was lost counts as made; one that lost to a
     concurrent writer is made again on the new state (``serial``: raised, the caller looks again first).
-    ``rows`` may be a function giving a fresh Arrow stream for each attempt."""
+    ``rows`` may be a function giving a fresh Arrow stream for each attempt. ``read``: the table as the
+    caller read it; the commit is made on that version, so that a commit of another writer since then that
+    carries one of these application ids conflicts (otherwise the commit is made on the newest version)."""
     version = _now_version()
     txns = [Transaction(app, version)] + ([Transaction(_serial_id(output), version)] if serial else [])
     props = CommitProperties(app_transactions=txns, custom_metadata=dict(metadata or {}))
@@ -174,7 +179,7 @@ def write_rows(
     for attempt in range(ATTEMPTS):
         try:
             write_deltalake(
-                output.table_uri(table), rows() if callable(rows) else rows, mode=mode,
+                read if read is not None else output.table_uri(table), rows() if callable(rows) else rows, mode=mode,
                 predicate=predicate if mode == "overwrite" else None,
                 partition_by=[output.partition_column] if output.partition and table != COMMITS_TABLE else None,
                 storage_options=output.delta_options, writer_properties=WRITER, commit_properties=props,
@@ -219,7 +224,10 @@ def commit_shard(
     meta = {"reelscope.run": record.run, "reelscope.shard": shard_id}
     children_written: set[str] | None = None
     for _ in range(ATTEMPTS):
-        taken = taken_elsewhere(output, planned_version, shard_id, ids, app)
+        # The videos commit is made on the very version looked at here: another shard's videos commit that
+        # lands meanwhile (while the children are written, say) conflicts with it, and this loop looks again.
+        videos = output.table("videos")
+        taken = taken_elsewhere(output, planned_version, shard_id, ids, app, found=videos)
         if taken:
             for video_id, holder in sorted(taken.items()):
                 log.warning("video %s of shard %s was committed in shard %s by another run meanwhile; leaving it "
@@ -234,7 +242,7 @@ def commit_shard(
         if not ids and not taken:
             return None
         try:
-            write_rows(output, "videos", tables["videos"], predicate, app, serial=True, metadata=meta)
+            write_rows(output, "videos", tables["videos"], predicate, app, serial=True, metadata=meta, read=videos)
             break
         except CommitFailedError:
             time.sleep(random.uniform(0.02, 0.2))  # another shard's videos commit won this round: look again
@@ -279,8 +287,9 @@ def publish_partition(output: Output, staging: Output, record: CommitRecord) -> 
             data = output.schema(name, record.embedding_dim).empty_table()
             rows[name] = 0
         else:
-            rows[name] = source.to_pyarrow_dataset().count_rows()
-            data = lambda source=source: source.to_pyarrow_dataset().scanner(batch_size=4096).to_reader()  # noqa: E731
+            rows[name] = staging.dataset(name, found=source).count_rows()
+            data = lambda name=name, source=source: (  # noqa: E731  (a fresh stream for each attempt)
+                staging.dataset(name, found=source).scanner(batch_size=4096).to_reader())
         write_rows(output, name, data, output.partition_predicate(), app,
                    metadata={"reelscope.run": record.run, "reelscope.publish": output.partition})
     published = append_record(output, dataclasses.replace(record, kind="publish"), rows=rows)
@@ -305,7 +314,7 @@ def committed_videos(output: Output) -> tuple[int, dict[str, CommittedVideo]]:
         return -1, {}
     columns = ["video_id", "input_fingerprint", "config_fingerprint", "status", "shard_id", "processed_at"]
     part = [(output.partition_column, "=", output.partition_value)] if output.partition else None
-    rows = found.to_pyarrow_dataset(partitions=part).to_table(columns=columns).sort_by("processed_at")
+    rows = output.dataset("videos", found=found, partitions=part).to_table(columns=columns).sort_by("processed_at")
     held = {r["video_id"]: CommittedVideo(r["input_fingerprint"], r["config_fingerprint"], r["status"], r["shard_id"])
             for r in rows.to_pylist()}
     return found.version(), held

@@ -22,6 +22,8 @@ from typing import Any, Mapping
 
 import fsspec
 import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
@@ -131,6 +133,21 @@ class Output:
             return DeltaTable(self.table_uri(table), version=version, storage_options=self.delta_options)
         except TableNotFoundError:
             return None
+
+    def arrow_filesystem(self, table: str) -> pafs.FileSystem:
+        """A pyarrow filesystem rooted at the table, for reading its files: pyarrow's own locally, the output's
+        fsspec filesystem elsewhere. (delta-rs's default handler calls into Python from Arrow's IO threads and
+        aborts about every other process at exit.)"""
+        base = pafs.LocalFileSystem() if is_local(self.fs) else pafs.PyFileSystem(pafs.FSSpecHandler(self.fs))
+        return pafs.SubTreeFileSystem(self.path(table), base)
+
+    def dataset(self, table: str, version: int | None = None, found: DeltaTable | None = None,
+                partitions: list | None = None) -> ds.Dataset | None:
+        """The table (at ``version``, or the ``DeltaTable`` given) as a pyarrow dataset; None when absent."""
+        found = found if found is not None else self.table(table, version)
+        if found is None:
+            return None
+        return found.to_pyarrow_dataset(partitions=partitions, filesystem=self.arrow_filesystem(table))
 
     def staging(self, run_key: str) -> Output:
         """Where a partition replacement's shards wait until ``publish`` (same partition, own tables)."""

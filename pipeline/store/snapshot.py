@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 from deltalake import DeltaTable
 from deltalake.exceptions import DeltaError
@@ -49,7 +50,7 @@ class Snapshot:
         found = self.table(name)
         if found is None:
             return ds.dataset(self.output.schema(name, self.embedding_dim or 1).empty_table())
-        return found.to_pyarrow_dataset()
+        return self.output.dataset(name, found=found)
 
     @property
     def embedding_dim(self) -> int | None:
@@ -65,12 +66,15 @@ class Snapshot:
         return None
 
     def read(self, name: str, columns: list[str] | None = None, filter: Any = None) -> pa.Table:
-        """Rows of one table, children only of videos in the snapshot, embeddings as fixed-size lists
-        when the width is one."""
-        table = self.dataset(name).to_table(columns=columns, filter=filter)
-        if name != "videos" and table.num_rows and "video_id" in table.column_names:
-            ids = self.dataset("videos").to_table(columns=["video_id"]).column("video_id")
-            table = table.filter(ds.field("video_id").isin(ids))
+        """Rows of one table, children only of videos in the snapshot (in their shard: a shard killed before
+        its ``videos`` commit leaves children of videos that another shard committed since), embeddings as
+        fixed-size lists when the width is one."""
+        keys = [] if name == "videos" or columns is None else [c for c in ("video_id", "shard_id") if c not in columns]
+        table = self.dataset(name).to_table(columns=None if columns is None else [*columns, *keys], filter=filter)
+        if name != "videos" and table.num_rows and {"video_id", "shard_id"} <= set(table.column_names):
+            held = self.dataset("videos").to_table(columns=["video_id", "shard_id"])
+            table = table.filter(pc.is_in(_keys(table), value_set=_keys(held)))
+        table = table.drop_columns(keys)
         dim = self.embedding_dim if "embedding" in table.column_names else None
         if dim:
             i = table.column_names.index("embedding")
@@ -78,11 +82,16 @@ class Snapshot:
         return table
 
 
+def _keys(rows: pa.Table) -> pa.Array:
+    """``video_id`` and ``shard_id`` of each row, as one string."""
+    return pc.binary_join_element_wise(rows["video_id"], rows["shard_id"], "\x1f")
+
+
 def read_commits(output: Output, version: int | None = None) -> list[CommitRecord]:
     found = output.table(COMMITS_TABLE, version)
     if found is None:
         return []
-    rows = found.to_pyarrow_dataset().to_table(columns=["record"]).column("record").to_pylist()
+    rows = output.dataset(COMMITS_TABLE, found=found).to_table(columns=["record"]).column("record").to_pylist()
     return [CommitRecord.from_json(r) for r in rows]
 
 
