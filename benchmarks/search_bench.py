@@ -2,10 +2,12 @@
 
     .venv/bin/python benchmarks/search_bench.py [--rows 1000000] [--dim 512] [--queries 30] [--workdir DIR]
 
-Writes a synthetic keyframes table (clustered unit vectors, as CLIP embeddings are) with the real schema and
-writer, then measures, in one run:
+Writes a synthetic keyframes table (clustered unit vectors, as CLIP embeddings are, 40 keyframes a video, one
+``videos`` row each) with the real schemas and writer (``pipeline.store.commit_shard``: Delta tables), then
+measures, in one run:
 
-- DuckDB brute force over the Parquet files (``array_cosine_similarity``; nothing to build);
+- DuckDB brute force over the Delta tables (``array_cosine_similarity`` over the ``keyframes`` view of
+  ``pipeline.query.sql``, scanned through pyarrow; nothing to build);
 - NumPy brute force over the vector cache, the path ``reelscope search`` takes: built once per snapshot
   with one scan, then opened (memory-mapped) by every call;
 - a usearch HNSW index over the same vectors (``pip install -e '.[ann]'``): build and save, reopen as a
@@ -32,28 +34,41 @@ from rich.table import Table
 from pipeline.query import open_snapshot
 from pipeline.query.sql import connect
 from pipeline.query.vectors import load_vectors
-from pipeline.tables import Output
+from pipeline.store import Output, commit_shard, table_version
 from schemas import SEGMENTS, SUMMARIES, VIDEOS, embedding_type, keyframes_schema
-from schemas.manifest import ShardManifest
+from schemas.commit import CommitRecord
 
 log = logging.getLogger("search_bench")
 MODEL = "bench:clip"
 K = 10
+PER_VIDEO = 40  # keyframes
+
+
+def _video_id(i: int) -> str:
+    return f"v{i // PER_VIDEO:08d}"
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-def _keyframes(start: int, vectors: np.ndarray) -> pa.Table:
+def _provenance(n: int, shard_id: str, now: dt.datetime) -> dict:
+    return {
+        "shard_id": pa.array([shard_id] * n),
+        "pipeline_version": pa.array(["bench"] * n),
+        "config_fingerprint": pa.array(["bench"] * n),
+        "processed_at": pa.array([now] * n, pa.timestamp("us", tz="UTC")),
+    }
+
+
+def _keyframes(start: int, vectors: np.ndarray, shard_id: str, now: dt.datetime) -> pa.Table:
     n, dim = vectors.shape
     schema = keyframes_schema(dim)
-    now = dt.datetime.now(dt.timezone.utc)
     ids = np.arange(start, start + n)
     columns = {
-        "video_id": pa.array([f"v{i // 40:08d}" for i in ids]),
-        "frame_index": pa.array(ids % 40 * 25, pa.int64()),
-        "timestamp_s": pa.array(ids % 40 * 1.0),
+        "video_id": pa.array([_video_id(i) for i in ids]),
+        "frame_index": pa.array(ids % PER_VIDEO * 25, pa.int64()),
+        "timestamp_s": pa.array(ids % PER_VIDEO * 1.0),
         "width": pa.array(np.full(n, 512, np.int32)),
         "height": pa.array(np.full(n, 288, np.int32)),
         "scene_score": pa.nulls(n, pa.float32()),
@@ -62,25 +77,42 @@ def _keyframes(start: int, vectors: np.ndarray) -> pa.Table:
         "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), type=embedding_type(dim)),
         "caption_model": pa.nulls(n, pa.string()),
         "embedding_model": pa.array([MODEL] * n),
-        "error": pa.nulls(n, pa.string()),
-        "pipeline_version": pa.array(["bench"] * n),
-        "config_fingerprint": pa.array(["bench"] * n),
-        "processed_at": pa.array([now] * n, pa.timestamp("us", tz="UTC")),
+        **_provenance(n, shard_id, now),
     }
     return pa.table(columns, schema=schema)
+
+
+def _videos(keyframes: pa.Table, shard_id: str, now: dt.datetime) -> pa.Table:
+    """One ok row per video of ``keyframes``: readers show only the keyframes of videos present."""
+    ids = sorted(set(keyframes.column("video_id").to_pylist()))
+    n = len(ids)
+    columns = {
+        "video_id": pa.array(ids),
+        "uri": pa.array([f"file:///bench/{v}.mp4" for v in ids]),
+        "status": pa.array(["ok"] * n),
+        "input_fingerprint": pa.array(ids),
+        "num_keyframes": pa.array([PER_VIDEO] * n, pa.int32()),
+        **_provenance(n, shard_id, now),
+    }
+    return pa.table({f.name: columns.get(f.name, pa.nulls(n, f.type)) for f in VIDEOS}, schema=VIDEOS)
 
 
 def build_output(root: str, rows: int, dim: int, shard_rows: int, rng: np.random.Generator) -> np.ndarray:
     """Write ``rows`` keyframes in shards of ``shard_rows``; returns all embeddings (for the exact answers)."""
     centres = rng.standard_normal((max(rows // 500, 8), dim)).astype(np.float32)
     output = Output(root)
+    now = dt.datetime.now(dt.timezone.utc)
     parts = []
     for n, start in enumerate(range(0, rows, shard_rows)):
         size = min(shard_rows, rows - start)
         vectors = _unit(centres[rng.integers(0, len(centres), size)] + 0.7 * rng.standard_normal((size, dim), np.float32))
-        tables = {"videos": VIDEOS.empty_table(), "keyframes": _keyframes(start, vectors),
+        shard_id = f"{n:016x}"
+        keyframes = _keyframes(start, vectors, shard_id, now)
+        tables = {"videos": _videos(keyframes, shard_id, now), "keyframes": keyframes,
                   "segments": SEGMENTS.empty_table(), "summaries": SUMMARIES.empty_table()}
-        output.write_shard(f"{n:016x}", tables, ShardManifest(models={"embedding": MODEL}, embedding_dim=dim))
+        record = CommitRecord(run="bench", shard_id=shard_id, config_fingerprint="bench", profile="bench",
+                              models={"embedding": MODEL}, embedding_dim=dim)
+        commit_shard(output, tables, record, planned_version=table_version(output, "videos"))
         parts.append(vectors)
     return np.concatenate(parts)
 
@@ -128,7 +160,7 @@ def main() -> None:
 
     snapshot = open_snapshot(root)
     con = connect(snapshot)
-    row_of = {(f"v{i // 40:08d}", i % 40 * 25): i for i in range(args.rows)}
+    row_of = {(_video_id(i), i % PER_VIDEO * 25): i for i in range(args.rows)}
 
     def duck(q):
         found = con.execute(
@@ -137,7 +169,7 @@ def main() -> None:
         return [row_of[r] for r in found]
 
     times, found = _timed(duck, queries[: args.duckdb_queries])
-    rows.append(("DuckDB brute force over Parquet", 0.0, 0.0, times, _recall(found, truth)))
+    rows.append(("DuckDB brute force over the Delta tables", 0.0, 0.0, times, _recall(found, truth)))
 
     cache = str(Path(workdir) / "cache")
     start = time.perf_counter()

@@ -123,8 +123,9 @@ def taken_elsewhere(
     if found is None or found.version() <= since:
         return {}
     files = []
+    own_run = own_app.rsplit(":", 1)[0] + ":"  # the run's other shards hold other videos: not read
     for actions in _log_entries(output, "videos", since, found.version()):
-        if any(a.get("txn", {}).get("appId") == own_app for a in actions):
+        if any(a.get("txn", {}).get("appId", "").startswith(own_run) for a in actions):
             continue
         for a in actions:
             add = a.get("add")
@@ -135,8 +136,11 @@ def taken_elsewhere(
         try:
             with output.fs.open(path, "rb") as f:
                 rows = pq.read_table(f, columns=["video_id", "shard_id"])
-        except FileNotFoundError:  # compacted and vacuumed since: its rows are in a later file we also read
-            continue
+        except FileNotFoundError:
+            # Compacted and vacuumed since (the plan is older than the retention): its rows now sit in files
+            # that changed no data, which say nothing of who committed them.
+            raise OutputError(f"files committed to {output.uri} since this run was planned were vacuumed; "
+                              "plan the run again") from None
         mask = pc.and_(pc.is_in(rows["video_id"], pa.array(sorted(ids), pa.string())),
                        pc.not_equal(rows["shard_id"], shard_id))
         for row in rows.filter(mask).to_pylist():

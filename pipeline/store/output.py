@@ -174,7 +174,7 @@ class Output:
         if self.fs.exists(self.path(LEGACY_MANIFESTS)) and not self.fs.exists(self.path("videos", "_delta_log")):
             raise OutputError(
                 f"output {self.uri} holds tables in the manifest layout of earlier reelscope versions; "
-                f"convert them with `reelscope migrate {self.uri}` first"
+                f"convert them with `reelscope migrate --output {self.uri}` first"
             )
 
     def check_writable(self) -> None:

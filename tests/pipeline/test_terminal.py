@@ -8,8 +8,8 @@ import pytest
 
 from pipeline.discover import video_id_for
 from pipeline.rows import build_tables
-from pipeline.tables import Output
-from schemas.manifest import ShardManifest
+from pipeline.store import Output, commit_shard
+from schemas.commit import CommitRecord
 from tests.pipeline.query.query_helpers import archive_tasks
 
 CLEAR, TITLE, C1 = "\x1b[2J", "\x1b]0;pwned\x07", "\x9b31m"
@@ -45,7 +45,9 @@ def hostile(tmp_path_factory) -> str:
     tables = build_tables(tasks, shard_id="0" * 16, config_fingerprint="cfg", embedding_dim=DIM,
                           model_names={"asr": "test:asr", "summary": "test:llm"},
                           processed_at=dt.datetime(2026, 11, 23, tzinfo=dt.timezone.utc))
-    output.write_shard("0" * 16, tables, ShardManifest(models={"embedding": "tiny:clip"}, embedding_dim=DIM, profile="tiny"))
+    record = CommitRecord(run="test", shard_id="0" * 16, config_fingerprint="cfg", profile="tiny",
+                          models={"embedding": "tiny:clip"}, embedding_dim=DIM)
+    commit_shard(output, tables, record, planned_version=-1)
     return output.uri
 
 

@@ -5,7 +5,7 @@ import pytest
 
 from pipeline.query import open_snapshot
 from pipeline.query.sql import connect
-from pipeline.tables import Output
+from pipeline.store import Output
 from query_helpers import write_archive
 
 

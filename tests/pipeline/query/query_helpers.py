@@ -1,4 +1,5 @@
-"""Hand-built outputs with known content (colours, captions, speech), written with the real schemas and writer.
+"""Hand-built outputs with known content (colours, captions, speech), written with the real schemas and writer
+(``pipeline.store.commit_shard``: one Delta commit per table and a commit record per shard).
 
 The encoder stands in for CLIP so that these tests know what a search must find."""
 from __future__ import annotations
@@ -12,9 +13,9 @@ from PIL import Image
 
 from pipeline.discover import video_id_for
 from pipeline.rows import build_tables
-from pipeline.tables import Output
-from schemas.manifest import ShardManifest
+from pipeline.store import Output, commit_shard
 from pipeline.task import FrameRecord, VideoTask
+from schemas.commit import CommitRecord
 
 NOW = dt.datetime(2026, 11, 23, tzinfo=dt.timezone.utc)
 DIM = 8
@@ -92,9 +93,23 @@ def archive_tasks() -> list[list[VideoTask]]:
     return [[street, broken], [kitchen]]
 
 
-def write_archive(output: Output, shards=None) -> Output:
+def shard_record(shard_id: str, tasks: list[VideoTask], profile: str = "test", dim: int = DIM) -> CommitRecord:
+    """The commit record a run writes for a shard of ``tasks``: its models (the embedder's name as the
+    keyframes record it), profile and embedding width."""
+    models = {"asr": "test:asr", "summary": "test:llm", "embedding": MODEL}
+    models.update(next((t.models for t in tasks if t.ok), {}))
+    return CommitRecord(run="test", shard_id=shard_id, config_fingerprint="cfg", profile=profile, models=models,
+                        model_refs={}, embedding_dim=dim)
+
+
+def shard_tables(tasks: list[VideoTask], shard_id: str, dim: int = DIM):
+    return build_tables(tasks, shard_id=shard_id, config_fingerprint="cfg", embedding_dim=dim,
+                        model_names={"asr": "test:asr", "summary": "test:llm"}, processed_at=NOW)
+
+
+def write_archive(output: Output, shards=None, profile: str = "test") -> Output:
+    """Commit each list of tasks of ``shards`` (default: ``archive_tasks()``) as shard ``n`` (16 hex digits)."""
     for n, tasks in enumerate(shards or archive_tasks()):
-        tables = build_tables(tasks, shard_id=f"{n:016x}", config_fingerprint="cfg", embedding_dim=DIM,
-                              model_names={"asr": "test:asr", "summary": "test:llm"}, processed_at=NOW)
-        output.write_shard(f"{n:016x}", tables, ShardManifest(models={"embedding": MODEL}, embedding_dim=DIM, profile="test"))
+        shard_id = f"{n:016x}"
+        commit_shard(output, shard_tables(tasks, shard_id), shard_record(shard_id, tasks, profile), planned_version=-1)
     return output

@@ -7,7 +7,7 @@ from PIL import Image
 from pipeline.query import QueryError, open_snapshot
 from pipeline.query.search import query_terms, search
 from pipeline.query.sql import connect
-from pipeline.tables import Output
+from pipeline.store import Output
 from query_helpers import COLOURS, MODEL, ColourEncoder, archive_tasks, write_archive
 
 
@@ -101,3 +101,17 @@ def test_words_still_search_an_output_without_embeddings(tmp_path):
         assert top.signals == {"transcript": 1.0} and top.score == pytest.approx(1 / 3, abs=1e-3)  # 1 of 3 signals
         with pytest.raises(QueryError, match="no keyframe has an embedding"):
             search(c, snapshot, image=Image.new("RGB", (8, 8), COLOURS["red"]), encoder=ColourEncoder(), cache_dir=tmp_path)
+
+
+def test_the_query_model_is_the_one_the_newest_commit_record_names():
+    from pipeline.query.encoder import model_ref
+    from schemas.commit import CommitRecord, ModelRef
+
+    def record(ref, at):
+        return CommitRecord(model_refs={"embedding": ModelRef(ref, name="org/clip", revision="r1")}, committed_at=at)
+
+    newer, older = record("s3://models/clip", "2026-11-23T10:00:00+00:00"), record("org/clip", "2026-11-22T10:00:00+00:00")
+    assert model_ref("org/clip", [newer, older]) == model_ref("org/clip", [older, newer]) == ("s3://models/clip", "r1")
+    # Records without model_refs, or not naming it: the name the keyframes record, ``ref@revision``.
+    assert model_ref("org/other@abc", [newer]) == ("org/other", "abc")
+    assert model_ref("/models/a@b/clip", []) == ("/models/a@b/clip", None)

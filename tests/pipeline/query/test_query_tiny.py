@@ -10,7 +10,7 @@ from PIL import Image
 from pipeline.query import open_snapshot
 from pipeline.query.search import search
 from pipeline.query.sql import connect
-from pipeline.tables import Output
+from pipeline.store import Output
 from query_helpers import archive_tasks, write_archive
 
 
