@@ -27,11 +27,13 @@ from typing import Any, Callable, Iterable, Mapping
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 from deltalake import CommitProperties, DeltaTable, Transaction, WriterProperties, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError
 
 from pipeline.store.output import COMMITS_TABLE, Output, OutputError, quote
+from pipeline.store.snapshot import read_commits
 from schemas import COMMIT_ORDER, EMBEDDING_DIM_KEY, SCHEMA_VERSION, TABLES
 from schemas.commit import COMMITS, CommitRecord
 
@@ -208,9 +210,12 @@ def write_rows(
 
 
 def shard_committed(output: Output, run_key: str, shard_id: str) -> bool:
-    """Whether this run committed this shard already (a retried task then skips it)."""
+    """Whether this run committed this shard already, its commit record included (a retried task then skips
+    it; one that died between its ``videos`` commit and the record redoes the shard, replacing its rows)."""
     found = output.table("videos")
-    return found is not None and found.transaction_version(app_id(run_key, shard_id)) is not None
+    if found is None or found.transaction_version(app_id(run_key, shard_id)) is None:
+        return False
+    return any(c.run == run_key and c.shard_id == shard_id for c in read_commits(output))
 
 
 def commit_shard(
@@ -317,8 +322,8 @@ def committed_videos(output: Output) -> tuple[int, dict[str, CommittedVideo]]:
     if found is None:
         return -1, {}
     columns = ["video_id", "input_fingerprint", "config_fingerprint", "status", "shard_id", "processed_at"]
-    part = [(output.partition_column, "=", output.partition_value)] if output.partition else None
-    rows = output.dataset("videos", found=found, partitions=part).to_table(columns=columns).sort_by("processed_at")
+    part = ds.field(output.partition_column) == output.partition_value if output.partition else None
+    rows = output.dataset("videos", found=found).to_table(columns=columns, filter=part).sort_by("processed_at")
     held = {r["video_id"]: CommittedVideo(r["input_fingerprint"], r["config_fingerprint"], r["status"], r["shard_id"])
             for r in rows.to_pylist()}
     return found.version(), held

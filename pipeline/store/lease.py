@@ -208,7 +208,7 @@ class Lease:
         if self._lost is None and time.time() >= self._expires:
             self._lost = f"the lease on {self.output.uri} expired at {_when(self._expires)} without a heartbeat"
         if self._lost is not None:
-            raise LeaseLost(f"not committing: {self._lost}")
+            raise LeaseLost(f"stopping: {self._lost}; what this run committed stays, the rest is left to that run")
 
     def release(self) -> None:
         """Mark the lease free (a released record, so that a later joiner sees who had it)."""

@@ -141,13 +141,12 @@ class Output:
         base = pafs.LocalFileSystem() if is_local(self.fs) else pafs.PyFileSystem(pafs.FSSpecHandler(self.fs))
         return pafs.SubTreeFileSystem(self.path(table), base)
 
-    def dataset(self, table: str, version: int | None = None, found: DeltaTable | None = None,
-                partitions: list | None = None) -> ds.Dataset | None:
+    def dataset(self, table: str, version: int | None = None, found: DeltaTable | None = None) -> ds.Dataset | None:
         """The table (at ``version``, or the ``DeltaTable`` given) as a pyarrow dataset; None when absent."""
         found = found if found is not None else self.table(table, version)
         if found is None:
             return None
-        return found.to_pyarrow_dataset(partitions=partitions, filesystem=self.arrow_filesystem(table))
+        return found.to_pyarrow_dataset(filesystem=self.arrow_filesystem(table))
 
     def staging(self, run_key: str) -> Output:
         """Where a partition replacement's shards wait until ``publish`` (same partition, own tables)."""
@@ -171,7 +170,8 @@ class Output:
 
     def check_layout(self) -> None:
         """One line, and what to do, for an output written in the manifest layout of earlier versions."""
-        if self.fs.exists(self.path(LEGACY_MANIFESTS)) and not self.fs.exists(self.path("videos", "_delta_log")):
+        # Also after a migration that died halfway: ``migrate`` removes the manifests last, once all is verified.
+        if self.fs.exists(self.path(LEGACY_MANIFESTS)):
             raise OutputError(
                 f"output {self.uri} holds tables in the manifest layout of earlier reelscope versions; "
                 f"convert them with `reelscope migrate --output {self.uri}` first"
