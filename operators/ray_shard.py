@@ -86,7 +86,7 @@ class RayShardOperator(BaseOperator):
         from ray.job_submission import JobStatus
 
         from pipeline.orchestrate import result_path, without_secrets
-        from pipeline.tables import open_output
+        from pipeline.store import open_output
         from schemas.run import ShardResult
 
         ti = context["ti"]

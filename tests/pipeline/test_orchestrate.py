@@ -52,7 +52,7 @@ def _shard_plan(uri, opts=None) -> ShardPlan:
     return ShardPlan.from_json(fs.cat_file(path))
 
 
-def _commit(output, shard_uri, opts=None):
+def _commit(output, shard_uri, opts=None, run=None):
     """Do what run_shard does for one shard plan, minus the models: every video a failed row."""
     plan = _run_plan(posixpath.join(posixpath.dirname(shard_uri), "plan.json"), opts)
     shard = next(s for s in plan.shards if s.uri == shard_uri)
@@ -66,7 +66,7 @@ def _commit(output, shard_uri, opts=None):
     fingerprint = plan.config_fingerprint
     tables = build_tables(tasks, shard_id=shard.shard_id, config_fingerprint=fingerprint, embedding_dim=4,
                           model_names={"asr": "w", "summary": "l"}, processed_at=dt.datetime.now(UTC))
-    key = run_key(plan.run_id)
+    key = run or run_key(plan.run_id)
     target = Output(output, opts, plan.partition)
     target = target.staging(key) if shard_plan.staging else target
     record = CommitRecord(run=key, shard_id=shard.shard_id, config_fingerprint=fingerprint, embedding_dim=4)
@@ -217,7 +217,7 @@ def test_a_video_in_two_shards_is_committed_once_and_outside_duplicates_fail_val
     first = dataclasses.replace(plan.shards[0], shard_id="00000000000000ff")
     fs, path = fsspec.core.url_to_fs(result["plan"])
     fs.pipe_file(path, dataclasses.replace(plan, shards=(first, *plan.shards[1:])).to_json().encode())
-    assert _commit(out, first.uri) is None
+    assert _commit(out, first.uri, run="another-run") is None
     twice = _shard_plan(first.uri).items[0].video_id
     assert _videos(out).column("video_id").to_pylist().count(twice) == 1
     validate_and_publish(result["plan"])
