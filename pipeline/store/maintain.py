@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -36,20 +37,28 @@ class TableMaintenance:
     table: str
     files_before: int
     files_after: int
-    stray_rows: int  # rows without a videos row, deleted
+    stray_rows: int  # videos (per shard) whose rows have no videos row in their shard, deleted
     vacuumed: int  # files deleted (or, on a dry run, that would be)
 
 
+def _keys(rows: pa.Table) -> pa.Array:
+    """``video_id`` and ``shard_id`` of each row, as one string."""
+    return pc.binary_join_element_wise(rows["video_id"], rows["shard_id"], "\x1f")
+
+
 def stray_rows(output: Output, table: str, older_than: dt.datetime) -> pa.Table:
-    """Ids of ``table``'s videos that have no ``videos`` row, processed before ``older_than``."""
+    """``video_id`` and ``shard_id`` of ``table``'s rows that have no ``videos`` row in their shard, processed
+    before ``older_than``. A shard killed between its children's commits and its ``videos`` commit left them;
+    the video may have been committed since in another shard (planned with other inputs), and its children
+    there are its rows: these are not."""
     videos, found = output.table("videos"), output.table(table)
     if videos is None or found is None:
-        return pa.table({"video_id": pa.array([], pa.string())})
-    held = videos.to_pyarrow_dataset().to_table(columns=["video_id"]).column("video_id")
-    rows = found.to_pyarrow_dataset().to_table(columns=["video_id", "processed_at"])
+        return pa.table({"video_id": pa.array([], pa.string()), "shard_id": pa.array([], pa.string())})
+    held = _keys(output.dataset("videos", found=videos).to_table(columns=["video_id", "shard_id"]))
+    rows = output.dataset(table, found=found).to_table(columns=["video_id", "shard_id", "processed_at"])
     cutoff = pa.scalar(older_than, pa.timestamp("us", tz="UTC"))
-    mask = pc.and_(pc.invert(pc.is_in(rows["video_id"], value_set=held)), pc.less(rows["processed_at"], cutoff))
-    return rows.filter(mask).select(["video_id"])
+    mask = pc.and_(pc.invert(pc.is_in(_keys(rows), value_set=held)), pc.less(rows["processed_at"], cutoff))
+    return rows.filter(mask).select(["video_id", "shard_id"])
 
 
 def maintain(
@@ -68,16 +77,23 @@ def maintain(
         before = len(table.file_uris())
         stray = 0
         if name in COMMIT_ORDER[:-1]:
-            ids = sorted(set(stray_rows(output, name, cutoff).column("video_id").to_pylist()))
-            stray = len(ids)
-            if ids and not dry_run:
-                predicate = f"video_id IN ({', '.join(quote(i) for i in ids)}) AND processed_at < '{cutoff.isoformat()}'"
+            shards: dict[str, set[str]] = {}
+            for row in stray_rows(output, name, cutoff).to_pylist():
+                shards.setdefault(row["shard_id"], set()).add(row["video_id"])
+            stray = sum(len(ids) for ids in shards.values())
+            if shards and not dry_run:
+                which = " OR ".join(
+                    f"(shard_id = {quote(s)} AND video_id IN ({', '.join(quote(i) for i in sorted(ids))}))"
+                    for s, ids in sorted(shards.items()))
+                predicate = f"({which}) AND processed_at < '{cutoff.isoformat()}'"
                 _retried(lambda: output.table(name).delete(predicate))
-                log.warning("%s: deleted the rows of %d video(s) that have no videos row", name, len(ids))
+                log.warning("%s: deleted the rows of %d video(s) that have no videos row in their shard", name, stray)
         if not dry_run:
             _retried(lambda: output.table(name).optimize.compact(writer_properties=WRITER))
+        # full: also the files no version names (a writer killed before its commit left them); delta-rs's
+        # default looks only at the files the log removed.
         vacuumed = output.table(name).vacuum(
-            retention_hours=int(retention_hours), dry_run=dry_run, enforce_retention_duration=False,
+            retention_hours=math.ceil(retention_hours), dry_run=dry_run, enforce_retention_duration=False, full=True,
         )
         done.append(TableMaintenance(name, before, len(output.table(name).file_uris()), stray, len(vacuumed)))
     if not dry_run:
