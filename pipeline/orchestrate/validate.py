@@ -135,11 +135,12 @@ def _validate(output: Output, plan: RunPlan, plan_uri: str, inputs: list[str], f
         more = f"; and {len(problems) - _SHOWN} more" if len(problems) > _SHOWN else ""
         shown = "; ".join(problems[:_SHOWN]) + more
         raise ValidationError(f"{len(problems)} problem(s) in {plan.output_uri}: {shown}")
-    if staging is not None and not published:
+    if staging is not None:  # also when published already: then it only removes what a killed try left
         record = CommitRecord(run=key, shard_id="publish", config_fingerprint=plan.config_fingerprint,
                               pipeline_version=PIPELINE_VERSION, profile=plan.profile, rows=rows)
         publish_partition(output, staging, record)
-        log.info("partition %s of %s replaced by run %s", output.partition, plan.output_uri, plan.run_id)
+        if not published:
+            log.info("partition %s of %s replaced by run %s", output.partition, plan.output_uri, plan.run_id)
 
     outcomes = []
     for shard in plan.shards:

@@ -65,10 +65,10 @@ def table_version(output: Output, table: str) -> int:
 # -- tables ------------------------------------------------------------------------------------------
 
 
-def ensure_tables(output: Output, embedding_dim: int | None) -> None:
-    """Create the four tables and ``_commits`` where missing, with the explicit schemas; refuse an output
-    whose tables are partitioned otherwise than this writer's partition."""
-    for name in (*TABLES, COMMITS_TABLE):
+def ensure_tables(output: Output, embedding_dim: int | None, names: tuple[str, ...] = (*TABLES, COMMITS_TABLE)) -> None:
+    """Create the four tables and ``_commits`` (or ``names``) where missing, with the explicit schemas;
+    refuse an output whose tables are partitioned otherwise than this writer's partition."""
+    for name in names:
         found = output.table(name)
         if found is None:
             _create(output, name, embedding_dim)
@@ -271,7 +271,7 @@ def append_record(output: Output, record: CommitRecord, rows: Mapping[str, int] 
         record, partition=output.partition, schema_version=SCHEMA_VERSION, versions=versions,
         rows=dict(rows or record.rows), committed_at=record.committed_at or dt.datetime.now(dt.timezone.utc).isoformat(),
     )
-    ensure_tables(output, record.embedding_dim)
+    ensure_tables(output, record.embedding_dim, (COMMITS_TABLE,))  # also for maintenance of a partitioned output
     write_rows(output, COMMITS_TABLE, pa.Table.from_pylist([record.to_row()], schema=COMMITS), "",
                f"reelscope:commits:{record.run}:{record.shard_id}:{record.kind}", mode="append")
     return record
@@ -284,6 +284,10 @@ def publish_partition(output: Output, staging: Output, record: CommitRecord) -> 
     if not output.partition:
         raise ValueError("only a partition can be replaced")
     app = app_id(record.run, "publish")
+    done = [c for c in read_commits(output) if c.kind == "publish" and c.run == record.run]
+    if done:  # published already; a kill while the staging tables were being removed left them
+        _remove(staging)
+        return done[0]
     ensure_tables(output, record.embedding_dim)
     rows = {}
     for name in COMMIT_ORDER:
@@ -302,8 +306,13 @@ def publish_partition(output: Output, staging: Output, record: CommitRecord) -> 
         write_rows(output, name, data, output.partition_predicate(), app,
                    metadata={"reelscope.run": record.run, "reelscope.publish": output.partition})
     published = append_record(output, dataclasses.replace(record, kind="publish"), rows=rows)
-    output.fs.rm(staging.root, recursive=True)
+    _remove(staging)
     return published
+
+
+def _remove(staging: Output) -> None:
+    if staging.fs.exists(staging.root):
+        staging.fs.rm(staging.root, recursive=True)
 
 
 @dataclasses.dataclass(frozen=True)

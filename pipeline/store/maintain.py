@@ -24,6 +24,7 @@ from deltalake.exceptions import CommitFailedError
 
 from pipeline.store.commit import WRITER, append_record
 from pipeline.store.output import COMMITS_TABLE, Output, OutputError, quote
+from pipeline.store.snapshot import key_columns, row_keys
 from schemas import COMMIT_ORDER
 from schemas.commit import CommitRecord
 
@@ -41,24 +42,20 @@ class TableMaintenance:
     vacuumed: int  # files deleted (or, on a dry run, that would be)
 
 
-def _keys(rows: pa.Table) -> pa.Array:
-    """``video_id`` and ``shard_id`` of each row, as one string."""
-    return pc.binary_join_element_wise(rows["video_id"], rows["shard_id"], "\x1f")
-
-
 def stray_rows(output: Output, table: str, older_than: dt.datetime) -> pa.Table:
     """``video_id`` and ``shard_id`` of ``table``'s rows that have no ``videos`` row in their shard, processed
     before ``older_than``. A shard killed between its children's commits and its ``videos`` commit left them;
     the video may have been committed since in another shard (planned with other inputs), and its children
     there are its rows: these are not."""
     videos, found = output.table("videos"), output.table(table)
+    key = key_columns(videos)
     if videos is None or found is None:
-        return pa.table({"video_id": pa.array([], pa.string()), "shard_id": pa.array([], pa.string())})
-    held = _keys(output.dataset("videos", found=videos).to_table(columns=["video_id", "shard_id"]))
-    rows = output.dataset(table, found=found).to_table(columns=["video_id", "shard_id", "processed_at"])
+        return pa.table({c: pa.array([], pa.string()) for c in key})
+    held = row_keys(key, output.dataset("videos", found=videos).to_table(columns=key))
+    rows = output.dataset(table, found=found).to_table(columns=[*key, "processed_at"])
     cutoff = pa.scalar(older_than, pa.timestamp("us", tz="UTC"))
-    mask = pc.and_(pc.invert(pc.is_in(_keys(rows), value_set=held)), pc.less(rows["processed_at"], cutoff))
-    return rows.filter(mask).select(["video_id", "shard_id"])
+    mask = pc.and_(pc.invert(pc.is_in(row_keys(key, rows), value_set=held)), pc.less(rows["processed_at"], cutoff))
+    return rows.filter(mask).select(key)
 
 
 def maintain(
@@ -77,14 +74,15 @@ def maintain(
         before = len(table.file_uris())
         stray = 0
         if name in COMMIT_ORDER[:-1]:
-            shards: dict[str, set[str]] = {}
+            shards: dict[tuple, set[str]] = {}  # (shard, partition values...) -> videos
             for row in stray_rows(output, name, cutoff).to_pylist():
-                shards.setdefault(row["shard_id"], set()).add(row["video_id"])
+                shards.setdefault(tuple((c, row[c]) for c in row if c != "video_id"), set()).add(row["video_id"])
             stray = sum(len(ids) for ids in shards.values())
             if shards and not dry_run:
                 which = " OR ".join(
-                    f"(shard_id = {quote(s)} AND video_id IN ({', '.join(quote(i) for i in sorted(ids))}))"
-                    for s, ids in sorted(shards.items()))
+                    "(" + " AND ".join(f"{c} = {quote(v)}" for c, v in where)
+                    + f" AND video_id IN ({', '.join(quote(i) for i in sorted(ids))}))"
+                    for where, ids in sorted(shards.items()))
                 predicate = f"({which}) AND processed_at < '{cutoff.isoformat()}'"
                 _retried(lambda: output.table(name).delete(predicate))
                 log.warning("%s: deleted the rows of %d video(s) that have no videos row in their shard", name, stray)
@@ -108,7 +106,7 @@ def _retried(operation: Callable[[], object], attempts: int = 10) -> None:
         try:
             operation()
             return
-        except CommitFailedError:
+        except (CommitFailedError, OSError):  # OSError: a lost reply; doing it again on the new state is as good
             if attempt == attempts - 1:
                 raise
             time.sleep(random.uniform(0.05, 0.3) * (attempt + 1))

@@ -53,6 +53,10 @@ class Snapshot:
         return self.output.dataset(name, found=found)
 
     @property
+    def key_columns(self) -> list[str]:
+        return key_columns(self.table("videos"))
+
+    @property
     def embedding_dim(self) -> int | None:
         """The keyframes' embedding width, when all have one width (Delta stores the vectors as plain lists)."""
         dims = {c.embedding_dim for c in self.commits if c.embedding_dim}
@@ -69,12 +73,13 @@ class Snapshot:
         """Rows of one table, children only of videos in the snapshot (in their shard: a shard killed before
         its ``videos`` commit leaves children of videos that another shard committed since), embeddings as
         fixed-size lists when the width is one."""
-        keys = [] if name == "videos" or columns is None else [c for c in ("video_id", "shard_id") if c not in columns]
-        table = self.dataset(name).to_table(columns=None if columns is None else [*columns, *keys], filter=filter)
-        if name != "videos" and table.num_rows and {"video_id", "shard_id"} <= set(table.column_names):
-            held = self.dataset("videos").to_table(columns=["video_id", "shard_id"])
-            table = table.filter(pc.is_in(_keys(table), value_set=_keys(held)))
-        table = table.drop_columns(keys)
+        key = self.key_columns
+        extra = [] if name == "videos" or columns is None else [c for c in key if c not in columns]
+        table = self.dataset(name).to_table(columns=None if columns is None else [*columns, *extra], filter=filter)
+        if name != "videos" and table.num_rows and set(key) <= set(table.column_names):
+            held = self.dataset("videos").to_table(columns=key)
+            table = table.filter(pc.is_in(row_keys(key, table), value_set=row_keys(key, held)))
+        table = table.drop_columns(extra)
         dim = self.embedding_dim if "embedding" in table.column_names else None
         if dim:
             i = table.column_names.index("embedding")
@@ -82,9 +87,17 @@ class Snapshot:
         return table
 
 
-def _keys(rows: pa.Table) -> pa.Array:
-    """``video_id`` and ``shard_id`` of each row, as one string."""
-    return pc.binary_join_element_wise(rows["video_id"], rows["shard_id"], "\x1f")
+def key_columns(videos: DeltaTable | None) -> list[str]:
+    """What names a video's rows in one commit: its id, its shard and its partition (shard ids, digests of
+    their videos, repeat across daily partitions that hold the same videos)."""
+    return ["video_id", "shard_id", *(videos.metadata().partition_columns if videos is not None else [])]
+
+
+def row_keys(columns: list[str], rows: pa.Table | None = None) -> Any:
+    """Each row's ``columns`` as one string: an array of ``rows``' keys, or without rows the expression
+    that computes them in a dataset filter."""
+    values = [ds.field(c) for c in columns] if rows is None else [rows[c] for c in columns]
+    return pc.binary_join_element_wise(*values, "\x1f")
 
 
 def read_commits(output: Output, version: int | None = None) -> list[CommitRecord]:

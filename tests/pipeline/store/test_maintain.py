@@ -146,3 +146,22 @@ def test_a_dry_run_changes_nothing(tmp_path):
 def test_maintain_refuses_an_output_without_tables(tmp_path):
     with pytest.raises(OutputError, match="no reelscope tables under"):
         maintain(Output(str(tmp_path / "nothing")))
+
+
+def test_a_stray_in_one_day_is_not_hidden_by_the_same_shard_id_on_another_day(tmp_path):
+    # A shard id is a digest of its videos: the same videos on two days make the same shard id in both.
+    day1, day2 = (Output(str(tmp_path / "out"), partition=f"dt=2026-11-2{d}") for d in (1, 2))
+    S.commit(day1, "00000000000000aa", ["a"], processed_at=HOURS_AGO(5))
+    _killed_before_videos(day2, "00000000000000aa", ["a"], processed_at=HOURS_AGO(3), tag="-dead")
+    root = Output(str(tmp_path / "out"))
+    snapshot = open_snapshot(root.uri)
+    assert snapshot.key_columns == ["video_id", "shard_id", "dt"]
+    # Readers show day 1's rows only: day 2's children have no videos row in their partition.
+    keyframes = snapshot.read("keyframes").to_pylist()
+    assert {r["dt"] for r in keyframes} == {"2026-11-21"} and len(keyframes) == 2
+    from pipeline.query.sql import connect, run_sql
+
+    assert run_sql(connect(snapshot), "SELECT DISTINCT dt FROM segments").to_pylist() == [{"dt": "2026-11-21"}]
+    done = {m.table: m for m in maintain(root, retention_hours=1)}
+    assert [done[name].stray_rows for name in TABLES[1:]] == [1, 1, 1]
+    assert {r["dt"] for r in root.dataset("keyframes").to_table().to_pylist()} == {"2026-11-21"}
