@@ -8,12 +8,14 @@ subprocesses of ``test_faults`` start fast.
 from __future__ import annotations
 
 import collections
+import contextlib
 import datetime as dt
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 import numpy as np
 import pyarrow as pa
+import pytest
 
 from pipeline.discover import MediaItem, Shard, plan_shards
 from pipeline.media.probe import ProbeResult
@@ -105,6 +107,31 @@ def plan(output: Output, ids: Iterable[str], *, shard_size: int = 2, force: bool
     version, held = committed_videos(output)
     shards, _ = plan_shards(items(ids), held, CONFIG, shard_size, force=force, retry_failed=retry_failed)
     return version, shards
+
+
+class Killed(BaseException):
+    """What a SIGKILL does to a writer, in-process: nothing after it runs (``BaseException``, so that no
+    ``except Exception`` on the way handles it)."""
+
+
+@contextlib.contextmanager
+def killed_at(table: str):
+    """Inside the block, the writer dies as it is about to commit ``table``; the block must die so."""
+    import pipeline.store.commit as commit_mod
+
+    real = commit_mod.write_rows
+
+    def dies(output, name, *args, **kwargs):
+        if name == table:
+            raise Killed
+        return real(output, name, *args, **kwargs)
+
+    commit_mod.write_rows = dies
+    try:
+        with pytest.raises(Killed):
+            yield
+    finally:
+        commit_mod.write_rows = real
 
 
 # -- reading ---------------------------------------------------------------------------------------------

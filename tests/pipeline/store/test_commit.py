@@ -23,10 +23,6 @@ from tests.pipeline.store import shards as S
 SHARD = "0123456789abcdef"
 
 
-class Killed(BaseException):
-    """Stands for SIGKILL inside a commit: nothing after it runs, no handler takes it for an error."""
-
-
 def _rows(output: Output, table: str, **filters) -> list[dict]:
     rows = output.dataset(table).to_table().to_pylist()
     return [r for r in rows if all(r[k] == v for k, v in filters.items())]
@@ -202,19 +198,8 @@ def test_a_videos_commit_landing_while_the_children_are_written_makes_the_later_
 def test_a_shard_killed_between_its_children_and_its_videos_commit_shows_nothing_until_retried(tmp_path):
     out = Output(str(tmp_path / "out"))
     S.commit(out, "00000000000000aa", ["x"])
-    real = commit_mod.write_rows
-
-    def dies_at_videos(output, table, *args, **kwargs):
-        if table == "videos":
-            raise Killed
-        return real(output, table, *args, **kwargs)
-
-    commit_mod.write_rows = dies_at_videos
-    try:
-        with pytest.raises(Killed):
-            S.commit(out, SHARD, ["v1", "v2"])
-    finally:
-        commit_mod.write_rows = real
+    with S.killed_at("videos"):
+        S.commit(out, SHARD, ["v1", "v2"])
     snapshot = open_snapshot(out.uri)
     assert {name: snapshot.read(name).column("video_id").to_pylist() for name in TABLES} == {
         "videos": ["x"], "keyframes": ["x", "x"], "segments": ["x"], "summaries": ["x"]}
@@ -295,19 +280,8 @@ def test_a_publish_killed_after_some_tables_completes_on_rerun(tmp_path):
     day = Output(str(tmp_path / "out"), partition="dt=2026-11-22")
     S.commit(day, SHARD, ["o1", "o2"])
     staging = _staged(day, "run-9", ["n1", "n2", "n3"])
-    real = commit_mod.write_rows
-
-    def dies_at_segments(output, table, *args, **kwargs):
-        if table == "segments":
-            raise Killed
-        return real(output, table, *args, **kwargs)
-
-    commit_mod.write_rows = dies_at_segments
-    try:
-        with pytest.raises(Killed):
-            publish_partition(day, staging, S.record("run-9", "publish"))
-    finally:
-        commit_mod.write_rows = real
+    with S.killed_at("segments"):
+        publish_partition(day, staging, S.record("run-9", "publish"))
     # keyframes published, the rest not yet; a snapshot still reads the old partition whole
     assert S.video_ids(day, "keyframes") == ["n1", "n1", "n2", "n2", "n3", "n3"]
     assert S.video_ids(day) == ["o1", "o2"] and S.video_ids(day, "segments") == ["o1", "o2"]

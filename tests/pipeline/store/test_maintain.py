@@ -11,7 +11,6 @@ import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable
 
-import pipeline.store.commit as commit_mod
 from pipeline.store import COMMITS_TABLE, Output, OutputError, open_snapshot, read_commits
 from pipeline.store.maintain import maintain
 from schemas import TABLES
@@ -20,24 +19,9 @@ from tests.pipeline.store import shards as S
 HOURS_AGO = lambda h: dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=h)  # noqa: E731
 
 
-class Killed(BaseException):
-    pass
-
-
 def _killed_before_videos(out: Output, shard_id: str, ids: list[str], **kw) -> None:
-    real = commit_mod.write_rows
-
-    def dies(output, table, *args, **kwargs):
-        if table == "videos":
-            raise Killed
-        return real(output, table, *args, **kwargs)
-
-    commit_mod.write_rows = dies
-    try:
-        with pytest.raises(Killed):
-            S.commit(out, shard_id, ids, **kw)
-    finally:
-        commit_mod.write_rows = real
+    with S.killed_at("videos"):
+        S.commit(out, shard_id, ids, **kw)
 
 
 def _content(output: Output) -> dict[str, list]:

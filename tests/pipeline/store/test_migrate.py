@@ -313,11 +313,8 @@ def test_interrupted_migration_resumes_to_the_same_tables(tmp_path, monkeypatch)
     assert sorted(c.shard_id for c in read_commits(Output(halted))) == [A, B, "verified"]
 
 
-def test_a_run_between_two_attempts_keeps_its_newer_rows(tmp_path, monkeypatch):
-    """An output half migrated is open to runs (its videos table exists): a video a run committed there since is
-    newer than any old shard's copy, which is left out; nothing is held twice and the migration completes."""
-    uri = str(tmp_path / "out")
-    build_old_output(uri)
+def _migrate_killed_after_a(uri: str, monkeypatch) -> None:
+    """A migration that dies after committing old shard A, before B."""
     real = migrate_mod._commit
 
     def only_a(output, tables, record):
@@ -329,6 +326,14 @@ def test_a_run_between_two_attempts_keeps_its_newer_rows(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         migrate(uri)
     monkeypatch.undo()
+
+
+def test_a_run_between_two_attempts_keeps_its_newer_rows(tmp_path, monkeypatch):
+    """An output half migrated is open to runs (its videos table exists): a video a run committed there since is
+    newer than any old shard's copy, which is left out; nothing is held twice and the migration completes."""
+    uri = str(tmp_path / "out")
+    build_old_output(uri)
+    _migrate_killed_after_a(uri, monkeypatch)
     later_run_commits_v3(uri)
 
     lines = migrate(uri)
@@ -393,17 +398,7 @@ def test_migration_killed_while_removing_the_old_layout_finishes(tmp_path, monke
 def test_tables_that_do_not_verify_keep_the_old_layout(tmp_path, monkeypatch):
     uri = str(tmp_path / "out")
     build_old_output(uri)
-    real = migrate_mod._commit
-
-    def only_a(output, tables, record):
-        if record.shard_id != A:
-            raise KeyboardInterrupt("killed")
-        return real(output, tables, record)
-
-    monkeypatch.setattr(migrate_mod, "_commit", only_a)
-    with pytest.raises(KeyboardInterrupt):
-        migrate(uri)
-    monkeypatch.undo()
+    _migrate_killed_after_a(uri, monkeypatch)
     DeltaTable(f"{uri}/keyframes").delete("video_id = 'v1' AND frame_index = 0")  # a row lost meanwhile
     before = old_files(uri)
 

@@ -5,15 +5,10 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-import pipeline.store.commit as commit_mod
 from pipeline.query.sql import connect
 from pipeline.store import Output, OutputError, Snapshot, ensure_tables, open_snapshot, read_commits
 from schemas import TABLES, embedding_type, schema_for
 from tests.pipeline.store import shards as S
-
-
-class Killed(BaseException):
-    pass
 
 
 def _ids(snapshot: Snapshot, table: str) -> list[str]:
@@ -22,19 +17,8 @@ def _ids(snapshot: Snapshot, table: str) -> list[str]:
 
 def _killed_before_videos(out: Output, shard_id: str, ids: list[str], **kw) -> None:
     """A shard whose writer died after its children's commits, before its ``videos`` commit."""
-    real = commit_mod.write_rows
-
-    def dies(output, table, *args, **kwargs):
-        if table == "videos":
-            raise Killed
-        return real(output, table, *args, **kwargs)
-
-    commit_mod.write_rows = dies
-    try:
-        with pytest.raises(Killed):
-            S.commit(out, shard_id, ids, **kw)
-    finally:
-        commit_mod.write_rows = real
+    with S.killed_at("videos"):
+        S.commit(out, shard_id, ids, **kw)
 
 
 def test_a_snapshot_reads_the_versions_it_pinned_while_writers_commit(tmp_path):
