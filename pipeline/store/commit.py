@@ -65,13 +65,18 @@ def table_version(output: Output, table: str) -> int:
 # -- tables ------------------------------------------------------------------------------------------
 
 
-def ensure_tables(output: Output, embedding_dim: int | None, names: tuple[str, ...] = (*TABLES, COMMITS_TABLE)) -> None:
+def ensure_tables(
+    output: Output, embedding_dim: int | None, names: tuple[str, ...] = (*TABLES, COMMITS_TABLE),
+) -> dict[str, DeltaTable]:
     """Create the four tables and ``_commits`` (or ``names``) where missing, with the explicit schemas;
-    refuse an output whose tables are partitioned otherwise than this writer's partition."""
+    refuse an output whose tables are partitioned otherwise than this writer's partition. Returns them,
+    loaded (a commit made on a loaded table brings it to the new version)."""
+    loaded = {}
     for name in names:
-        found = output.table(name)
+        found = loaded[name] = output.current(name)
         if found is None:
             _create(output, name, embedding_dim)
+            loaded[name] = output.current(name)
             continue
         columns = found.metadata().partition_columns
         wanted = [output.partition_column] if output.partition and name != COMMITS_TABLE else []
@@ -79,6 +84,7 @@ def ensure_tables(output: Output, embedding_dim: int | None, names: tuple[str, .
             have = f"partitioned by {', '.join(columns)}" if columns else "not partitioned"
             need = f"partition {output.partition}" if output.partition else "no partition"
             raise OutputError(f"the {name} table of {output.uri} is {have}; this run writes {need}")
+    return loaded
 
 
 def _create(output: Output, name: str, embedding_dim: int | None) -> None:
@@ -201,6 +207,8 @@ def write_rows(
             io_failures += not lost_race
             if (lost_race and serial) or attempt == ATTEMPTS - 1 or io_failures == IO_ATTEMPTS:
                 raise
+            if read is not None:
+                read.update_incremental()  # the next try is made on the new state
             log.info("commit to %s of %s did not land (%s); writing again", table, output.uri,
                      str(exc).splitlines()[0][:120])
             time.sleep(random.uniform(0.05, 0.2) * (attempt + 1))
@@ -227,7 +235,7 @@ def commit_shard(
     committed into other shards since are left out (logged). Returns the record written, None when
     nothing was left to commit."""
     shard_id, app = record.shard_id, app_id(record.run, record.shard_id)
-    ensure_tables(output, record.embedding_dim)
+    loaded = ensure_tables(output, record.embedding_dim)
     tables = {name: output.with_partition(tables[name]) for name in TABLES}
     ids = set(tables["videos"].column("video_id").to_pylist())
     meta = {"reelscope.run": record.run, "reelscope.shard": shard_id}
@@ -235,7 +243,7 @@ def commit_shard(
     for _ in range(ATTEMPTS):
         # The videos commit is made on the very version looked at here: another shard's videos commit that
         # lands meanwhile (while the children are written, say) conflicts with it, and this loop looks again.
-        videos = output.table("videos")
+        videos = output.table("videos")  # its own: a table kept current for other commits must not move under it
         taken = taken_elsewhere(output, planned_version, shard_id, ids, app, found=videos)
         if taken:
             for video_id, holder in sorted(taken.items()):
@@ -246,7 +254,7 @@ def commit_shard(
         predicate = _predicate(output, shard_id, ids | set(taken))
         if children_written != ids:
             for name in COMMIT_ORDER[:-1]:
-                write_rows(output, name, tables[name], predicate, app, metadata=meta)
+                write_rows(output, name, tables[name], predicate, app, metadata=meta, read=loaded[name])
             children_written = set(ids)
         if not ids and not taken:
             return None
@@ -259,21 +267,32 @@ def commit_shard(
         raise OutputError(f"shard {shard_id} of {output.uri}: could not commit, other writers kept winning")
     if not ids:
         return None
-    return append_record(output, record, rows={n: tables[n].num_rows for n in TABLES})
+    return append_record(output, record, rows={n: tables[n].num_rows for n in TABLES}, loaded={**loaded, "videos": videos})
 
 
-def append_record(output: Output, record: CommitRecord, rows: Mapping[str, int] | None = None) -> CommitRecord:
+def append_record(
+    output: Output, record: CommitRecord, rows: Mapping[str, int] | None = None,
+    loaded: Mapping[str, DeltaTable | None] | None = None,
+) -> CommitRecord:
     """Append ``record`` to ``_commits`` with the tables' versions now (``videos`` read first, so the
-    children's versions hold every row of every committed ``videos`` row)."""
-    versions = {"videos": table_version(output, "videos")}
-    versions.update({name: table_version(output, name) for name in COMMIT_ORDER[:-1]})
+    children's versions hold every row of every committed ``videos`` row). ``loaded``: the tables as a
+    caller has them loaded, brought up to date here rather than loaded again."""
+    versions = {}
+    for name in COMMIT_ORDER[::-1]:  # videos first
+        found = (loaded or {}).get(name)
+        if found is None:
+            versions[name] = table_version(output, name)
+        else:
+            found.update_incremental()
+            versions[name] = found.version()
     record = dataclasses.replace(
         record, partition=output.partition, schema_version=SCHEMA_VERSION, versions=versions,
         rows=dict(rows or record.rows), committed_at=record.committed_at or dt.datetime.now(dt.timezone.utc).isoformat(),
     )
-    ensure_tables(output, record.embedding_dim, (COMMITS_TABLE,))  # also for maintenance of a partitioned output
+    commits = (loaded or {}).get(COMMITS_TABLE) or ensure_tables(
+        output, record.embedding_dim, (COMMITS_TABLE,))[COMMITS_TABLE]  # also for maintenance of a partitioned output
     write_rows(output, COMMITS_TABLE, pa.Table.from_pylist([record.to_row()], schema=COMMITS), "",
-               f"reelscope:commits:{record.run}:{record.shard_id}:{record.kind}", mode="append")
+               f"reelscope:commits:{record.run}:{record.shard_id}:{record.kind}", mode="append", read=commits)
     return record
 
 

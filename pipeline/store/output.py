@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import posixpath
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Mapping
 
@@ -94,6 +94,7 @@ class Output:
     uri: str
     storage_options: Mapping[str, Any] | None = None
     partition: str | None = None
+    _current: dict = field(default_factory=dict, compare=False, repr=False)  # table -> DeltaTable kept current
 
     @cached_property
     def _located(self) -> tuple[Any, str]:
@@ -126,6 +127,16 @@ class Output:
     @cached_property
     def delta_options(self) -> dict[str, str]:
         return delta_storage_options(self.storage_options, self.fs.unstrip_protocol(self.root))
+
+    def current(self, table: str) -> DeltaTable | None:
+        """The table at its newest version, loaded once per ``Output`` and brought up to date from the log
+        (what a writer committing shard after shard needs, without replaying the log each time)."""
+        found = self._current.get(table)
+        if found is None:
+            found = self._current[table] = self.table(table)
+        else:
+            found.update_incremental()
+        return found
 
     def table(self, table: str, version: int | None = None) -> DeltaTable | None:
         """The Delta table (at ``version``), or None when it does not exist yet."""
