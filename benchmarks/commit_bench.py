@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import importlib
+import os
 import resource
 import subprocess
 import sys
@@ -110,7 +111,8 @@ def main() -> None:
         server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
         server.start()
         endpoint = f"http://127.0.0.1:{server._server.server_port}"
-        opts = {"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"}}
+        opts = {"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": endpoint}}
+        os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
         s3fs.S3FileSystem(**opts).mkdir("bench")
         base = "s3://bench"
 
