@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 class Snapshot:
     output: Output
     versions: Mapping[str, int]  # table -> pinned version; absent when the table does not exist
-    commits: tuple[CommitRecord, ...] = ()  # every commit record up to the snapshot (provenance)
+    commits: tuple[CommitRecord, ...] = ()  # the commit records (provenance: models, profile, widths)
     _tables: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -117,15 +117,16 @@ def open_snapshot(uri: str, storage_options: Mapping[str, Any] | None = None) ->
     commits = read_commits(output)
     if output.table("videos") is None:
         raise OutputError(f"no reelscope tables under {uri} (run `reelscope run` first)")
-    return Snapshot(output, pinned_versions(output, commits), tuple(commits))
+    pinned = pinned_tables(output, commits)
+    return Snapshot(output, {name: t.version() for name, t in pinned.items()}, tuple(commits), pinned)
 
 
-def pinned_versions(output: Output, commits: list[CommitRecord]) -> dict[str, int]:
-    """The versions of the newest commit record (the highest ``videos`` version); the tables' current
-    versions (``videos`` first) where there is none or it names a version no longer there."""
+def pinned_tables(output: Output, commits: list[CommitRecord]) -> dict[str, DeltaTable]:
+    """The tables at the versions of the newest commit record (the highest ``videos`` version); at their
+    current versions (``videos`` first) where there is none or it names a version no longer there."""
     newest = max((c for c in commits if c.versions.get("videos", -1) >= 0),
                  key=lambda c: tuple(c.versions.get(t, -1) for t in TABLES), default=None)
-    versions = {}
+    tables = {}
     for name in TABLES:
         wanted = newest.versions.get(name) if newest else None
         found = None
@@ -136,5 +137,5 @@ def pinned_versions(output: Output, commits: list[CommitRecord]) -> dict[str, in
                 log.warning("version %s of %s is gone (%s); reading its current version", wanted, name, exc)
         found = found or output.table(name)
         if found is not None:
-            versions[name] = found.version()
-    return versions
+            tables[name] = found
+    return tables
