@@ -169,6 +169,10 @@ def test_sql_and_search_read_an_s3_output_as_a_local_one(s3, archive, tmp_path):
         here = search(local, local_snapshot, cache_dir=tmp_path / "local", **kw)
         there = search(remote, remote_snapshot, cache_dir=tmp_path / "remote", **kw)
         assert _moments(there) == _moments(here) and there[0].uri.endswith("street.mp4")
+        # show reads one video through the same connection, from S3 as from the local folder.
+        remote_video, local_video = (load_digest(c, find_video(c, "street.mp4")) for c in (remote, local))
+        assert remote_video.segments == local_video.segments and len(remote_video.keyframes) == 3
+        assert [k["image"] for k in remote_video.keyframes] == [k["image"] for k in local_video.keyframes]
         # The lock holds for a remote output too: its datasets read, DuckDB's own file access stays off.
         with pytest.raises(duckdb.PermissionException):
             remote.execute(f"COPY (SELECT 1) TO '{tmp_path}/x.csv'")
