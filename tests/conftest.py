@@ -85,3 +85,26 @@ def talk():
     from pipeline.media.speech import lay_out_talk
 
     return lay_out_talk()
+
+
+# What a test needs, from the fixtures it uses: the fast lane (`make test-fast`) leaves out the tests that
+# start Ray and load models, read real weights (fetched by `make models`), drive the browser, or run Airflow.
+_NEEDS = {
+    "ray": {"ray_session", "model_cache", "cli_run"},
+    "weights": {"real_weights", "talk"},
+    "airflow": {"airflow_db", "dags"},
+}
+
+
+def pytest_configure(config):
+    for marker, why in (("ray", "starts Ray or runs models"), ("weights", "reads real model weights"),
+                        ("browser", "drives headless chromium"), ("airflow", "runs Airflow DAGs")):
+        config.addinivalue_line("markers", f"{marker}: {why} (left out of `make test-fast`)")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        for marker, fixtures in _NEEDS.items():
+            if used & fixtures:
+                item.add_marker(marker)

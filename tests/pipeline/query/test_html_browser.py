@@ -7,12 +7,14 @@ import shutil
 import subprocess
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from pipeline.query.page import render_html
 from pipeline.query.show import find_video, load_digest
 from query_helpers import COLOURS
 
+pytestmark = pytest.mark.browser
 BROWSER = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
 
 
