@@ -6,10 +6,10 @@ import pyarrow as pa
 
 SCHEMA_VERSION = "3"  # 3: Delta tables; every table has shard_id (2: keyframes lost the unused error column)
 
-# The model roles: one name each, the same in config (``models.<role>``), stage names, task fields, manifests
+# The model roles: one name each, the same in config (``models.<role>``), stage names, task fields, commit records
 # and the tables' ``<role>_model`` columns.
 ROLES = ("asr", "caption", "embedding", "summary")
-# What the roles were called before they had one name each; configs and manifests written then still read.
+# What the roles were called before they had one name each; configs and records written then still read.
 OLD_ROLE_NAMES = {"captioner": "caption", "embedder": "embedding", "summarizer": "summary",
                   "transcribe": "asr", "embed": "embedding", "summarize": "summary"}
 

@@ -117,7 +117,7 @@ def lease_is_free(output: Output) -> bool:
 
 
 def new_owner(kind: str) -> str:
-    """A fresh owner for one process's lease (``kind`` says what took it: run, repair)."""
+    """A fresh owner for one process's lease (``kind`` says what took it: run, maintain, migrate)."""
     return f"{kind}-{uuid.uuid4().hex[:12]}"
 
 
