@@ -243,7 +243,7 @@ def digest(
 @app.command()
 def maintain(
     output: str = typer.Option(..., "--output", "-o", help=_OUTPUT_HELP),
-    retention_hours: float = typer.Option(168, "--retention-hours", min=0,
+    retention_hours: float = typer.Option(168, "--retention-hours", min=1,
                                           help="Keep the files of versions this recent (readers pinned to them)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only say what vacuum would delete; change nothing."),
     config: Optional[Path] = typer.Option(None, "--config", help=_CONFIG_HELP),

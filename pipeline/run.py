@@ -22,7 +22,7 @@ from pipeline.stages.embed import ClipEmbedder
 from pipeline.stages.model import ModelStage
 from pipeline.stages.summarize import LlmSummarizer
 from pipeline.stages.transcribe import WhisperTranscriber
-from pipeline.store import Output, commit_shard, committed_videos, shard_committed
+from pipeline.store import Output, commit_key, commit_shard, committed_videos, shard_committed
 from pipeline.store.lease import Lease, new_owner
 from pipeline.task import VideoTask
 from schemas import ROLES
@@ -92,7 +92,7 @@ def run(config: RunConfig, progress: Callable[[str, int, int], None] | None = No
     # Under the output's lease, so that two runs do not do the same work; the commits are safe without it.
     with Lease(Output(config.output, config.storage_options, config.partition), new_owner("run")) as lease:
         output, items, shards, skipped, version = plan(config, lease.output)
-        return _execute(config, output, shards, len(items), skipped, started, progress, lease, version)
+        return _execute(config, output, shards, len(items), skipped, started, progress, lease, version, lease.owner)
 
 
 def planned_shard(plan: ShardPlan) -> Shard:
@@ -119,18 +119,19 @@ def run_planned(
     target = Output(config.output, config.storage_options, plan.partition)
     shared = lease_owner is not None
     with Lease(target, lease_owner or new_owner("run"), shared=shared, joins=shared) as lease:
-        output = target.staging(lease.owner) if plan.staging else target
-        if shard_committed(output, lease.owner, plan.shard_id):
+        key = commit_key(lease.owner, plan.plan_id)
+        output = target.staging(key) if plan.staging else target
+        if shard_committed(output, key, plan.shard_id):
             log.info("shard %s was committed by this run already; skipping it", plan.shard_id)
             return RunSummary(discovered=len(plan.items), skipped=len(plan.items),
                               wall_s=time.perf_counter() - started)
         return _execute(config, output, [planned_shard(plan)], len(plan.items), 0, started, progress, lease,
-                        plan.planned_version)
+                        plan.planned_version, key)
 
 
 def _execute(
     config: RunConfig, output: Output, shards: list[Shard], discovered: int, skipped: int, started: float,
-    progress: Callable[[str, int, int], None] | None, lease: Lease, planned_version: int,
+    progress: Callable[[str, int, int], None] | None, lease: Lease, planned_version: int, run_key: str,
 ) -> RunSummary:
     output.check_writable()
     summary = RunSummary(discovered=discovered, skipped=skipped)
@@ -157,7 +158,7 @@ def _execute(
     for n, (shard, tasks) in enumerate(zip(shards, executor.run_shards(batches, on_stage)), 1):
         write_start = time.perf_counter()
         dim = executor.dims.get("embedding")  # None: no video got as far as a model
-        record = _commit(output, config, shard, tasks, names, dim, lease.owner, planned_version)
+        record = _commit(output, config, shard, tasks, names, dim, run_key, planned_version)
         executor.stage_seconds["write"] = executor.stage_seconds.get("write", 0.0) + time.perf_counter() - write_start
         summary.shards += 1
         for t in tasks:

@@ -17,9 +17,6 @@ import pyarrow as pa
 
 from schemas import OLD_ROLE_NAMES, TABLES
 
-KINDS = ("shard", "publish", "maintain", "migrate")
-
-
 @dataclass(frozen=True)
 class ModelRef:
     """How to load a model again: ``name`` is what the tables record (``embedding_model``...)."""

@@ -30,6 +30,7 @@ class ShardPlan:
     # that other runs committed into other shards after it (``pipeline.store.commit``).
     planned_version: int = -1
     staging: bool = False  # a partition replacement: commit into the run's staging tables, published at the end
+    plan_id: str = ""  # this listing of the run: a run cleared and run again commits under a new one
 
     def to_json(self) -> str:
         return json.dumps({"version": PLAN_VERSION, **asdict(self)}, indent=1)

@@ -79,6 +79,7 @@ class RunPlan(_Record):
     skipped: int = 0  # of those, already done
     replace_partition: bool = False  # shards commit into staging tables; publishing replaces the partition
     planned_version: int = -1  # the videos table's version planned against
+    plan_id: str = ""  # this listing of the run (``pipeline.orchestrate.plan.commit_key``)
     shards: tuple[PlannedShard, ...] = ()
     planned_at: str = ""
 

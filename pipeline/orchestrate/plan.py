@@ -20,6 +20,7 @@ import logging
 import math
 import posixpath
 import re
+import uuid
 from typing import Any, Mapping
 
 from pipeline.config import RunConfig, load_config
@@ -27,6 +28,7 @@ from pipeline.discover import Shard, discover, plan_shards
 from pipeline.orchestrate.interval import as_utc, items_in_interval, partition_for_interval
 from pipeline.orchestrate.storage import merge_storage_options, storage_options_from_env, with_s3_defaults
 from pipeline.store import Output, committed_videos, open_output
+from pipeline.store.output import STAGING_DIR
 from pipeline.store.lease import Lease
 from schemas.plan import PlannedItem, ShardPlan
 from schemas.run import Failure, PlannedShard, RunPlan, ShardResult
@@ -124,11 +126,12 @@ def list_and_shard(
     # The run's shared lease, taken before planning; its shard tasks join it (see pipeline.store.lease).
     Lease(output, run_key(run_id), shared=True).acquire()
     replace = bool(replace_partition and partition)
+    plan_id = uuid.uuid4().hex[:8]
     version, committed = committed_videos(output)
     if replace:
-        staging = output.staging(run_key(run_id))
-        if staging.fs.exists(staging.root):
-            staging.fs.rm(staging.root, recursive=True)  # a retried listing starts its replacement afresh
+        # A retried listing starts its replacement afresh: the staging of its earlier listings goes.
+        for old in output.fs.glob(output.path(STAGING_DIR, f"{run_key(run_id)}*")):
+            output.fs.rm(old, recursive=True)
         version, committed = -1, {}
     shards, skipped, size = _plan(items, committed, config, max_shards)
 
@@ -140,7 +143,7 @@ def list_and_shard(
     for n, shard in enumerate(shards):
         path = posixpath.join(plan_dir, f"shard-{n:05d}.json")
         members = tuple(PlannedItem(i.uri, i.video_id, i.input_fingerprint, i.size) for i in shard.items)
-        shard_plan = ShardPlan(shard.shard_id, members, config.fingerprint(), partition, version, replace)
+        shard_plan = ShardPlan(shard.shard_id, members, config.fingerprint(), partition, version, replace, plan_id)
         _write_text(output.fs, path, shard_plan.to_json())
         planned.append(PlannedShard(output.fs.unstrip_protocol(path), shard.shard_id, len(shard.items)))
     plan = RunPlan(
@@ -159,6 +162,7 @@ def list_and_shard(
         skipped=skipped,
         replace_partition=replace,
         planned_version=version,
+        plan_id=plan_id,
         shards=tuple(planned),
         planned_at=dt.datetime.now(dt.timezone.utc).isoformat(),
     )

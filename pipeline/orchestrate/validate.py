@@ -21,7 +21,7 @@ from pipeline.config import PIPELINE_VERSION
 from pipeline.discover import video_id_for
 from pipeline.orchestrate.plan import INPUTS_FILE, result_path, run_key
 from pipeline.orchestrate.storage import merge_storage_options, storage_options_from_env
-from pipeline.store import Output, open_output, publish_partition, read_commits, table_version
+from pipeline.store import Output, commit_key, open_output, publish_partition, read_commits, table_version
 from pipeline.store.lease import Lease
 from pipeline.store.maintain import RETENTION_HOURS, maintain
 from schemas import SCHEMA_VERSION, TABLES
@@ -124,7 +124,7 @@ def check_tables(output: Output, inputs: list[str]) -> tuple[list[str], dict[str
 def _validate(output: Output, plan: RunPlan, plan_uri: str, inputs: list[str], fs) -> str:
     """Check the tables against the plan; publish a partition replacement and the run manifest when they
     add up."""
-    key = run_key(plan.run_id)
+    key = commit_key(run_key(plan.run_id), plan.plan_id)
     staging = output.staging(key) if plan.replace_partition else None
     published = staging is not None and any(c.kind == "publish" and c.run == key for c in read_commits(output))
     checked = output if staging is None or published else staging  # a retry after publishing checks the result
@@ -168,7 +168,7 @@ def _validate(output: Output, plan: RunPlan, plan_uri: str, inputs: list[str], f
         versions={t: table_version(output, t) for t in TABLES},
         validated_at=dt.datetime.now(dt.timezone.utc).isoformat(),
     )
-    path = posixpath.join(output.root, RUNS_DIR, f"{key}.json")
+    path = posixpath.join(output.root, RUNS_DIR, f"{run_key(plan.run_id)}.json")
     output.fs.makedirs(posixpath.dirname(path), exist_ok=True)
     output.fs.pipe_file(path, manifest.to_json().encode())
     uri = output.fs.unstrip_protocol(path)

@@ -3,6 +3,7 @@ snapshots for readers, maintenance and migration (one concern per module)."""
 from pipeline.store.commit import (
     CommittedVideo,
     append_record,
+    commit_key,
     commit_shard,
     committed_videos,
     ensure_tables,
@@ -20,6 +21,7 @@ __all__ = [
     "OutputError",
     "Snapshot",
     "append_record",
+    "commit_key",
     "commit_shard",
     "committed_videos",
     "delta_storage_options",

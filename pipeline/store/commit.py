@@ -48,6 +48,12 @@ def app_id(run_key: str, shard_id: str) -> str:
     return f"reelscope:{run_key}:{shard_id}"
 
 
+def commit_key(run: str, plan_id: str) -> str:
+    """What a planned run's commits are made under: its run key and this listing of it, so that a DAG run
+    cleared and run again (same run id) redoes what its new plan says instead of finding it committed."""
+    return f"{run}.{plan_id}" if plan_id else run
+
+
 def _serial_id(output: Output) -> str:
     return f"reelscope:videos:{output.partition or ''}"
 
@@ -111,14 +117,17 @@ def _log_entries(output: Output, table: str, after: int, upto: int) -> Iterable[
     """The actions of each log entry in ``(after, upto]``."""
     folder = output.path(table, "_delta_log")
     for version in range(after + 1, upto + 1):
-        try:
-            text = output.fs.cat_file(posixpath.join(folder, f"{version:020d}.json")).decode()
-        except FileNotFoundError:
-            raise OutputError(
-                f"the log of {output.uri}/{table} no longer holds version {version} (cleaned up since this run "
-                "was planned); plan the run again"
-            ) from None
-        yield [json.loads(line) for line in text.splitlines() if line.strip()]
+        key = ("log", table, version)  # a log entry never changes: a run's later shards read it once
+        if key not in output._current:
+            try:
+                text = output.fs.cat_file(posixpath.join(folder, f"{version:020d}.json")).decode()
+            except FileNotFoundError:
+                raise OutputError(
+                    f"the log of {output.uri}/{table} no longer holds version {version} (cleaned up since this "
+                    "run was planned); plan the run again"
+                ) from None
+            output._current[key] = [json.loads(line) for line in text.splitlines() if line.strip()]
+        yield output._current[key]
 
 
 def taken_elsewhere(
@@ -171,7 +180,7 @@ def _predicate(output: Output, shard_id: str, ids: Iterable[str]) -> str:
 
 def _landed(output: Output, table: str, app: str, version: int) -> bool:
     found = output.table(table)
-    return found is not None and (found.transaction_version(app) or -1) >= version
+    return found is not None and found.transaction_version(app) == version
 
 
 def write_rows(
@@ -205,7 +214,8 @@ def write_rows(
                 return
             lost_race = isinstance(exc, CommitFailedError)
             io_failures += not lost_race
-            if (lost_race and serial) or attempt == ATTEMPTS - 1 or io_failures == IO_ATTEMPTS:
+            # A videos commit made again on a newer state would skip the look at what others committed.
+            if serial or attempt == ATTEMPTS - 1 or io_failures == IO_ATTEMPTS:
                 raise
             if read is not None:
                 read.update_incremental()  # the next try is made on the new state
@@ -240,6 +250,7 @@ def commit_shard(
     ids = set(tables["videos"].column("video_id").to_pylist())
     meta = {"reelscope.run": record.run, "reelscope.shard": shard_id}
     children_written: set[str] | None = None
+    io_failures = 0
     for _ in range(ATTEMPTS):
         # The videos commit is made on the very version looked at here: another shard's videos commit that
         # lands meanwhile (while the children are written, say) conflicts with it, and this loop looks again.
@@ -263,6 +274,11 @@ def commit_shard(
             break
         except CommitFailedError:
             time.sleep(random.uniform(0.02, 0.2))  # another shard's videos commit won this round: look again
+        except OSError:  # did not land (a reset connection, say): look again, a few times
+            io_failures += 1
+            if io_failures == IO_ATTEMPTS:
+                raise
+            time.sleep(random.uniform(0.1, 0.5) * io_failures)
     else:
         raise OutputError(f"shard {shard_id} of {output.uri}: could not commit, other writers kept winning")
     if not ids:

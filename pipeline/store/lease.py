@@ -109,13 +109,6 @@ def lease_path(output: Output) -> str:
     return posixpath.join(output.root, "_lease.json")
 
 
-def lease_is_free(output: Output) -> bool:
-    """Whether no live run holds the output's lease now (a look only: nothing is taken)."""
-    found = read_versioned(output.fs, lease_path(output))
-    record = LeaseRecord.from_json(found.data) if found else None
-    return record is None or record.stale(time.time())
-
-
 def new_owner(kind: str) -> str:
     """A fresh owner for one process's lease (``kind`` says what took it: run, maintain, migrate)."""
     return f"{kind}-{uuid.uuid4().hex[:12]}"

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 from deltalake import DeltaTable
-from deltalake.exceptions import TableNotFoundError
+from deltalake.exceptions import DeltaError, TableNotFoundError
 
 from schemas import TABLES, schema_for
 
@@ -70,7 +70,8 @@ def delta_storage_options(options: Mapping[str, Any] | None, uri: str) -> dict[s
         if endpoint.startswith("http://"):
             out.setdefault("AWS_ALLOW_HTTP", "true")
     region = client.get("region_name") or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    out.setdefault("AWS_REGION", region or "us-east-1")
+    if region:  # else delta-rs finds it as botocore would (a profile, the instance's metadata)
+        out.setdefault("AWS_REGION", region)
     if config.get("connect_timeout"):
         out.setdefault("connect_timeout", f"{config['connect_timeout']}s")
     if config.get("read_timeout"):
@@ -80,6 +81,11 @@ def delta_storage_options(options: Mapping[str, Any] | None, uri: str) -> dict[s
         out.setdefault("retry_timeout", f"{max(30, 3 * int(config['read_timeout']))}s")
     out.setdefault("conditional_put", "etag")
     return out
+
+
+def _unreachable(output: Output, table: str, exc: BaseException) -> str:
+    first = next((line.strip(" ↳") for line in str(exc).splitlines() if line.strip(" ↳")), exc.__class__.__name__)
+    return f"cannot read the {table} table of {output.uri}: {first}"
 
 
 def quote(value: str) -> str:
@@ -94,7 +100,8 @@ class Output:
     uri: str
     storage_options: Mapping[str, Any] | None = None
     partition: str | None = None
-    _current: dict = field(default_factory=dict, compare=False, repr=False)  # table -> DeltaTable kept current
+    # table -> DeltaTable kept current; ("log", table, version) -> that log entry's actions (never change)
+    _current: dict = field(default_factory=dict, compare=False, repr=False)
 
     @cached_property
     def _located(self) -> tuple[Any, str]:
@@ -135,7 +142,10 @@ class Output:
         if found is None:
             found = self._current[table] = self.table(table)
         else:
-            found.update_incremental()
+            try:
+                found.update_incremental()
+            except (OSError, DeltaError) as exc:
+                raise OutputError(_unreachable(self, table, exc)) from None
         return found
 
     def table(self, table: str, version: int | None = None) -> DeltaTable | None:
@@ -144,6 +154,8 @@ class Output:
             return DeltaTable(self.table_uri(table), version=version, storage_options=self.delta_options)
         except TableNotFoundError:
             return None
+        except (OSError, DeltaError) as exc:  # a bucket that is not there, credentials refused, S3 down
+            raise OutputError(_unreachable(self, table, exc)) from None
 
     def arrow_filesystem(self, table: str) -> pafs.FileSystem:
         """A pyarrow filesystem rooted at the table, for reading its files: pyarrow's own locally, the output's

@@ -28,7 +28,7 @@ from pipeline.orchestrate import (
 from pipeline.orchestrate.plan import run_key
 from pipeline.rows import build_tables
 from pipeline.run import planned_shard
-from pipeline.store import Output, commit_shard, open_output, open_snapshot, read_commits
+from pipeline.store import Output, commit_key, commit_shard, open_output, open_snapshot, read_commits
 from pipeline.store.lease import Lease
 from pipeline.task import VideoTask
 from schemas.commit import CommitRecord
@@ -66,7 +66,7 @@ def _commit(output, shard_uri, opts=None, run=None):
     fingerprint = plan.config_fingerprint
     tables = build_tables(tasks, shard_id=shard.shard_id, config_fingerprint=fingerprint, embedding_dim=4,
                           model_names={"asr": "w", "summary": "l"}, processed_at=dt.datetime.now(UTC))
-    key = run or run_key(plan.run_id)
+    key = run or commit_key(run_key(plan.run_id), shard_plan.plan_id)
     target = Output(output, opts, plan.partition)
     target = target.staging(key) if shard_plan.staging else target
     record = CommitRecord(run=key, shard_id=shard.shard_id, config_fingerprint=fingerprint, embedding_dim=4)
@@ -291,3 +291,22 @@ def test_run_records_read_back_as_written_and_from_older_runs():
     old = {"run_id": "r", "input_uri": "i", "output_uri": "o", "config_fingerprint": "f", "media": 3,
            "shards": [{"uri": "u", "shard_id": "s", "videos": 3}], "some_later_key": 1}
     assert RunPlan.from_json(json.dumps(old)).shards == (PlannedShard("u", "s", 3),)
+
+
+def test_a_cleared_run_redoes_what_its_new_plan_says(tmp_path):
+    from pipeline.store import shard_committed
+
+    _media(str(tmp_path / "in"), ["a.mp4", "b.mp4"])
+    out, run = str(tmp_path / "out"), "reelscope_archive__manual__2026-11-23T10:00:00+00:00"
+    (first,) = list_and_shard(str(tmp_path / "in"), out, run, shard_size=2)["shards"]
+    _commit(out, first)
+    old = _shard_plan(first)
+    (tmp_path / "in" / "a.mp4").write_bytes(b"another video now")
+    # The same DAG run cleared and run again: same run id, a new listing that redoes a.mp4 in its shard.
+    (again,) = list_and_shard(str(tmp_path / "in"), out, run, shard_size=2)["shards"]
+    new = _shard_plan(again)
+    assert new.shard_id == old.shard_id and [i.uri.rsplit("/", 1)[-1] for i in new.items] == ["a.mp4"]
+    assert new.plan_id != old.plan_id
+    key = run_key(run)
+    assert shard_committed(Output(out), commit_key(key, old.plan_id), old.shard_id)
+    assert not shard_committed(Output(out), commit_key(key, new.plan_id), new.shard_id)  # so it runs again
