@@ -140,7 +140,8 @@ def run(
         except KeyboardInterrupt as exc:
             signum = getattr(exc, "signum", signal.SIGINT)
             _stop_ray()
-            raise Interrupted(signum, f"{bar.shards_committed} shards committed, rerun to continue") from None
+            committed = getattr(exc, "committed", bar.shards_committed)
+            raise Interrupted(signum, f"{committed} shards committed, rerun to continue") from None
     if summary.discovered == 0:
         _note(_nothing_found_hint(input))
     print_summary(out, summary)

@@ -22,7 +22,7 @@ from pipeline.stages.embed import ClipEmbedder
 from pipeline.stages.model import ModelStage
 from pipeline.stages.summarize import LlmSummarizer
 from pipeline.stages.transcribe import WhisperTranscriber
-from pipeline.store import Output, commit_key, commit_shard, committed_videos, shard_committed
+from pipeline.store import Output, commit_key, commit_shard, committed_videos, read_commits, shard_committed
 from pipeline.store.lease import Lease, new_owner
 from pipeline.task import VideoTask
 from schemas import ROLES
@@ -92,7 +92,13 @@ def run(config: RunConfig, progress: Callable[[str, int, int], None] | None = No
     # Under the output's lease, so that two runs do not do the same work; the commits are safe without it.
     with Lease(Output(config.output, config.storage_options, config.partition), new_owner("run")) as lease:
         output, items, shards, skipped, version = plan(config, lease.output)
-        return _execute(config, output, shards, len(items), skipped, started, progress, lease, version, lease.owner)
+        try:
+            return _execute(config, output, shards, len(items), skipped, started, progress, lease, version,
+                            lease.owner)
+        except KeyboardInterrupt as exc:
+            # What the log holds, not what was reported: a signal may land between a commit and its report.
+            exc.committed = sum(c.run == lease.owner for c in read_commits(output))
+            raise
 
 
 def planned_shard(plan: ShardPlan) -> Shard:
