@@ -157,7 +157,8 @@ class Lease:
                 f"output {where} was taken by run {current.owner} at {_when(current.acquired_at)} after run "
                 f"{self.owner} was planned; plan the run again"
             )
-        log.warning("taking over the stale lease of %s on %s", current.describe(), where)
+        if not current.released:  # a released lease is free: taking it is the normal case, nothing to say
+            log.warning("taking over the stale lease of %s on %s", current.describe(), where)
 
     def acquire(self) -> None:
         """Take (or join, or renew) the lease; raise ``LeaseHeld`` when another live run has it."""
