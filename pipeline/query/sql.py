@@ -14,10 +14,8 @@ import math
 
 import duckdb
 import pyarrow as pa
-import pyarrow.dataset as ds
 
 from pipeline.query import QueryError, Snapshot
-from pipeline.store.snapshot import row_keys
 from pipeline.safe_text import json_line, safe, safe_text
 from schemas import TABLES
 
@@ -25,25 +23,15 @@ from schemas import TABLES
 READ_ONLY_STATEMENTS = frozenset({"SELECT", "EXPLAIN"})
 
 
-def _present(dataset: ds.Dataset, held: pa.Array, key: list[str]) -> ds.Dataset:
-    """Only the rows of videos in the snapshot's ``videos``, in the shard that holds them there: a shard's
-    children are committed before its ``videos`` row, so the pinned children may hold rows of a shard whose
-    ``videos`` commit is still to come, or of a shard killed before it, whose videos another shard holds."""
-    return dataset.filter(row_keys(key).isin(held))
-
-
 def connect(snapshot: Snapshot, allow_writes: bool = False) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB with ``videos``, ``keyframes``, ``segments`` and ``summaries`` as views over the
     snapshot's tables; unless ``allow_writes``, it opens no file and changes nothing (see ``_lock_down``)."""
     con = duckdb.connect()
     try:
-        videos = snapshot.dataset("videos")
-        key = snapshot.key_columns
-        held = row_keys(key, videos.to_table(columns=key)).combine_chunks()
         dim = snapshot.embedding_dim
         for table in TABLES:
             # A view over the dataset itself (the view holds it): no other name to read the rows by.
-            rows = con.from_arrow(videos if table == "videos" else _present(snapshot.dataset(table), held, key))
+            rows = con.from_arrow(snapshot.present(table))
             if table == "keyframes" and dim:
                 # Delta stores the vectors as plain lists; the array type is what the vector functions take.
                 rows = rows.project(f"* REPLACE (embedding::FLOAT[{dim}] AS embedding)")

@@ -31,6 +31,7 @@ class Snapshot:
     versions: Mapping[str, int]  # table -> pinned version; absent when the table does not exist
     commits: tuple[CommitRecord, ...] = ()  # the commit records (provenance: models, profile, widths)
     _tables: dict = field(default_factory=dict, compare=False, repr=False)
+    _held: list = field(default_factory=list, compare=False, repr=False)  # the videos rows' keys, read once
 
     @property
     def key(self) -> str:
@@ -69,17 +70,22 @@ class Snapshot:
                 return int(meta[EMBEDDING_DIM_KEY.encode()])
         return None
 
-    def read(self, name: str, columns: list[str] | None = None, filter: Any = None) -> pa.Table:
-        """Rows of one table, children only of videos in the snapshot (in their shard: a shard killed before
-        its ``videos`` commit leaves children of videos that another shard committed since), embeddings as
-        fixed-size lists when the width is one."""
+    def present(self, name: str) -> ds.Dataset:
+        """The table's rows of videos in the snapshot's ``videos``, in the shard (and partition) that holds
+        them there: a shard's children are committed before its ``videos`` row, so the pinned children may
+        hold rows of a shard whose ``videos`` commit is still to come, or of a shard killed before it, whose
+        videos another shard holds now."""
+        if name == "videos":
+            return self.dataset(name)
         key = self.key_columns
-        extra = [] if name == "videos" or columns is None else [c for c in key if c not in columns]
-        table = self.dataset(name).to_table(columns=None if columns is None else [*columns, *extra], filter=filter)
-        if name != "videos" and table.num_rows and set(key) <= set(table.column_names):
-            held = self.dataset("videos").to_table(columns=key)
-            table = table.filter(pc.is_in(row_keys(key, table), value_set=row_keys(key, held)))
-        table = table.drop_columns(extra)
+        if not self._held:
+            self._held.append(row_keys(key, self.dataset("videos").to_table(columns=key)).combine_chunks())
+        return self.dataset(name).filter(row_keys(key).isin(self._held[0]))
+
+    def read(self, name: str, columns: list[str] | None = None, filter: Any = None) -> pa.Table:
+        """Rows of one table, children only of videos present (``present``), embeddings as fixed-size lists
+        when the width is one."""
+        table = self.present(name).to_table(columns=columns, filter=filter)
         dim = self.embedding_dim if "embedding" in table.column_names else None
         if dim:
             i = table.column_names.index("embedding")
