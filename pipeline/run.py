@@ -46,6 +46,9 @@ class RunSummary:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     failures: list[tuple[str, str]] = field(default_factory=list)  # (uri, error)
     commits: list[CommitRecord] = field(default_factory=list)
+    skipped_shards: list[str] = field(default_factory=list)  # shard ids committed already by this run
+    # shard id -> what its commit held: {"ok": n, "failed": n, "failures": [(uri, error)]}
+    by_shard: dict[str, dict] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -108,31 +111,42 @@ def planned_shard(plan: ShardPlan) -> Shard:
 
 
 def run_planned(
-    config: RunConfig, plan: ShardPlan, progress: Callable[[str, int, int], None] | None = None,
+    config: RunConfig, plans: list[ShardPlan], progress: Callable[[str, int, int], None] | None = None,
     lease_owner: str | None = None,
 ) -> RunSummary:
-    """Process one shard exactly as planned: its items, under its id, into its partition (or its run's
-    staging tables, for a partition replacement); nothing is listed or planned again. A configuration
-    other than the one planned for is refused, since the shard's rows would then not be what the plan
-    promised. A shard this run committed already (a retried task) is skipped. ``lease_owner``: the planned
-    run's key, whose shared lease the shard joins (``pipeline.store.lease``) and whose commits it makes."""
+    """Process shards exactly as planned, all in one pipeline: their items, under their ids, into their
+    partition (or their run's staging tables, for a partition replacement); nothing is listed or planned
+    again. A configuration other than the one planned for is refused, since the rows would then not be
+    what the plan promised. Shards this run committed already (a retried task or job) are skipped.
+    ``lease_owner``: the planned run's key, whose shared lease the run joins (``pipeline.store.lease``) and
+    whose commits it makes. The plans must share one partition and listing (those of one ``RunPlan``)."""
     started = time.perf_counter()
-    if plan.config_fingerprint != config.fingerprint():
-        raise ConfigError(
-            f"shard {plan.shard_id} was planned for configuration {plan.config_fingerprint}, not "
-            f"{config.fingerprint()}: models or settings changed since; plan the run again"
-        )
-    target = Output(config.output, config.storage_options, plan.partition)
+    if not plans:
+        return RunSummary(wall_s=time.perf_counter() - started)
+    first = plans[0]
+    for plan in plans:
+        if plan.config_fingerprint != config.fingerprint():
+            raise ConfigError(
+                f"shard {plan.shard_id} was planned for configuration {plan.config_fingerprint}, not "
+                f"{config.fingerprint()}: models or settings changed since; plan the run again"
+            )
+        if (plan.partition, plan.staging, plan.plan_id) != (first.partition, first.staging, first.plan_id):
+            raise ValueError("shard plans of different runs or partitions cannot run together")
+    target = Output(config.output, config.storage_options, first.partition)
     shared = lease_owner is not None
     with Lease(target, lease_owner or new_owner("run"), shared=shared, joins=shared) as lease:
-        key = commit_key(lease.owner, plan.plan_id)
-        output = target.staging(key) if plan.staging else target
-        if shard_committed(output, key, plan.shard_id):
+        key = commit_key(lease.owner, first.plan_id)
+        output = target.staging(key) if first.staging else target
+        todo = [p for p in plans if not shard_committed(output, key, p.shard_id)]
+        done = [p for p in plans if p not in todo]
+        for plan in done:
             log.info("shard %s was committed by this run already; skipping it", plan.shard_id)
-            return RunSummary(discovered=len(plan.items), skipped=len(plan.items),
-                              wall_s=time.perf_counter() - started)
-        return _execute(config, output, [planned_shard(plan)], len(plan.items), 0, started, progress, lease,
-                        plan.planned_version, key)
+        discovered = sum(len(p.items) for p in plans)
+        skipped = sum(len(p.items) for p in done)
+        summary = _execute(config, output, [planned_shard(p) for p in todo], discovered, skipped, started,
+                           progress, lease, min(p.planned_version for p in plans), key)
+        summary.skipped_shards = [p.shard_id for p in done]
+        return summary
 
 
 def _execute(
@@ -167,6 +181,10 @@ def _execute(
         record = _commit(output, config, shard, tasks, names, dim, run_key, planned_version)
         executor.stage_seconds["write"] = executor.stage_seconds.get("write", 0.0) + time.perf_counter() - write_start
         summary.shards += 1
+        summary.by_shard[shard.shard_id] = {
+            "ok": sum(t.ok for t in tasks), "failed": sum(not t.ok for t in tasks),
+            "failures": [(t.uri, t.error) for t in tasks if not t.ok],
+        }
         for t in tasks:
             if t.ok:
                 summary.ok += 1

@@ -200,7 +200,7 @@ def run_shard(
         shard_uri, plan.output_uri, base, profile=plan.profile, config_file=plan.config_file,
         shard_size=plan.shard_size, partition=plan.partition, ray_address=ray_address, cache_dir=cache_dir,
     )
-    summary = run_planned(config, shard, lease_owner=run_key(plan.run_id))
+    summary = run_planned(config, [shard], lease_owner=run_key(plan.run_id))
     result = ShardResult(
         **{k: getattr(summary, k) for k in COUNTS}, wall_s=round(summary.wall_s, 2),
         load_s=round(summary.stage_seconds.get("load models", 0.0), 2),

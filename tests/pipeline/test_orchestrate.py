@@ -264,7 +264,7 @@ def test_run_shard_executes_its_plan_as_written(tmp_path, ray_session, model_cac
         sorted(rows, key=lambda r: r["uri"]), sorted(planned.items, key=lambda i: i.uri)))
     # Planned for the tiny profile: a worker configured otherwise refuses rather than writes other rows.
     with pytest.raises(ConfigError, match=f"shard {planned.shard_id} was planned for configuration"):
-        run_planned(load_config(str(tmp_path / "in"), out, "cpu"), planned)
+        run_planned(load_config(str(tmp_path / "in"), out, "cpu"), [planned])
     assert _run_plan(posixpath.join(posixpath.dirname(shard_uri), "plan.json")).retry_failed is True
 
 
