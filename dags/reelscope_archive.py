@@ -2,27 +2,30 @@
 ### reelscope_archive
 
 A one-off sweep over an archive of any size, triggered by hand: **list_and_shard** lists the media under
-`input_uri` and writes one shard plan per shard (skipping videos already done unless `force`);
-**run_shard** runs each shard on Ray (one mapped task per shard, at most `reelscope_gpu` pool slots at
-once); **validate_and_publish** checks the Delta tables' schemas and that every input has exactly one `videos`
-row, then writes `<output_uri>/_runs/<run>.json`; **maintain** compacts the small files the shard commits
-left and vacuums files older than `retention_hours` that no table version needs. Rerunning it, or any
-shard, never duplicates rows: each shard commits one Delta transaction per table, and a retried shard that
-its run committed already is skipped.
+`input_uri` and writes one shard plan per shard (skipping videos already done unless `force`), with the
+resolved run configuration; **run_plan** runs every shard of the plan in one pipeline: as one Ray Job when
+`ray_conn_id` names a cluster (the task defers and holds no worker slot meanwhile), else on Ray inside the
+task, and logs a table of each shard's outcome (XCom `shards`); **validate_and_publish** checks the Delta
+tables' schemas and that every input has exactly one `videos` row, writes `<output_uri>/_runs/<run>.json`,
+and updates the four tables' assets through the alias `reelscope_archive.tables` (a downstream DAG can
+schedule on it); **maintain** compacts the small files the shard commits left and vacuums files older than
+`retention_hours` that no table version needs. Rerunning it, or retrying the run (a retry submits a new
+job), never duplicates rows: each shard commits one Delta transaction per table, and a shard that its run
+committed already is skipped.
 
 | param | meaning |
 | --- | --- |
 | `input_uri` | folder, glob, `s3://bucket/prefix` or manifest (`.csv`/`.parquet`/`.txt`) of the media |
 | `output_uri` | where the four tables go, e.g. `s3://lake/reelscope/` |
 | `profile` | `tiny` (offline test models), `cpu` or `gpu` |
-| `shard_size` | videos per shard (grown automatically past `core.max_map_length` shards) |
+| `shard_size` | videos per shard: one commit each (any number of shards) |
 | `force` | redo videos that are already done |
 | `retry_failed` | also redo the videos whose committed row failed |
 | `retention_hours` | vacuum keeps files that versions this recent need (default 168) |
-| `config_file` | optional YAML run config on the worker |
+| `config_file` | optional YAML run config, read when listing (the plan carries it) |
 | `storage_options` | explicit s3fs options (JSON object) |
 | `aws_conn_id` | Airflow AWS connection for S3; empty: the `AWS_*` environment |
-| `ray_conn_id` | Ray dashboard connection to submit shards as Ray Jobs; empty: Ray in the task |
+| `ray_conn_id` | Ray dashboard connection: the run is one Ray Job; empty: Ray in the task |
 
 ```
 airflow dags trigger reelscope_archive \

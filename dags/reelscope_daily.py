@@ -7,10 +7,12 @@ with a `dt=YYYY-MM-DD/` prefix layout under the input, the day prefixes of the i
 objects whose modification time falls in `[data_interval_start, data_interval_end)`.
 Rerunning an interval (a cleared run, or `airflow backfill create --dag-id reelscope_daily --from-date ...
 --to-date ... --reprocess-behavior completed`) replaces its partition instead of adding rows:
-**list_interval** plans every input of the interval, **run_shard** (one mapped task per shard within the
-`reelscope_gpu` pool) commits into the run's staging tables, and **validate_and_publish** checks them and
-replaces `dt = ...` in one Delta commit per table, so readers see the old partition until then and a
-failed rerun leaves it whole; it then writes the run manifest under `<output_uri>/_runs/`.
+**list_interval** plans every input of the interval, **run_plan** runs the plan in one pipeline (one Ray
+Job, deferred, with `ray_conn_id`; else Ray in the task) that commits into the run's staging tables, and
+**validate_and_publish** checks them and replaces `dt = ...` in one Delta commit per table, so readers see
+the old partition until then and a failed rerun leaves it whole; it then writes the run manifest under
+`<output_uri>/_runs/` and updates the tables' assets through the alias `reelscope_daily.tables`, with the
+partition and the published versions as the events' extra.
 
 | param | meaning |
 | --- | --- |
@@ -18,11 +20,11 @@ failed rerun leaves it whole; it then writes the run manifest under `<output_uri
 | `output_uri` | output root (default `REELSCOPE_DAILY_OUTPUT`); tables get a `dt=` partition |
 | `layout` | `auto`, `dt` (day prefixes) or `mtime` (modification time) |
 | `profile` | `tiny`, `cpu` or `gpu` (default `REELSCOPE_PROFILE`) |
-| `shard_size` | videos per shard |
-| `config_file` | optional YAML run config on the worker |
+| `shard_size` | videos per shard: one commit each |
+| `config_file` | optional YAML run config, read when listing (the plan carries it) |
 | `storage_options` | explicit s3fs options (JSON object) |
 | `aws_conn_id` | Airflow AWS connection for S3; empty: the `AWS_*` environment |
-| `ray_conn_id` | Ray dashboard connection to submit shards as Ray Jobs; empty: Ray in the task |
+| `ray_conn_id` | Ray dashboard connection: the run is one Ray Job; empty: Ray in the task |
 
 Scheduled and backfilled runs use the defaults; `--dag-run-conf` overrides them.
 """

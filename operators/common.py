@@ -11,7 +11,8 @@ import os
 from typing import Any, Mapping
 
 GPU_POOL = os.environ.get("REELSCOPE_GPU_POOL", "reelscope_gpu")
-SHARD_TIMEOUT = dt.timedelta(minutes=float(os.environ.get("REELSCOPE_SHARD_TIMEOUT_MIN", "120")))
+# A whole run, all of its shards: the Ray job is stopped, and the task fails (and retries), past it.
+RUN_TIMEOUT = dt.timedelta(hours=float(os.environ.get("REELSCOPE_RUN_TIMEOUT_H", "48")))
 
 
 def task_defaults() -> dict:
@@ -90,9 +91,9 @@ def shared_params() -> dict:
         "profile": Param(env("REELSCOPE_PROFILE", "tiny"), type="string", enum=["tiny", "cpu", "gpu"],
                          description="Model profile."),
         "shard_size": Param(int(env("REELSCOPE_SHARD_SIZE", "8")), type="integer", minimum=1,
-                            description="Videos per shard: one mapped task and one set of output files."),
+                            description="Videos per shard: one commit and one set of output files."),
         "config_file": Param("", type="string",
-                             description="Optional YAML run config on the worker."),
+                             description="Optional YAML run config, read when the run is listed."),
         "storage_options": Param({}, type="object",
                                  description='Explicit s3fs options: {"client_kwargs": {"endpoint_url": "..."}}.'),
         "aws_conn_id": Param(env("REELSCOPE_AWS_CONN_ID", ""), type="string",

@@ -9,12 +9,13 @@ from operators.common import as_bool, or_none, resolve_storage_options
 
 
 class ListAndShardOperator(BaseOperator):
-    """Calls ``pipeline.orchestrate.list_and_shard``.
+    """Calls ``pipeline.orchestrate.list_and_shard``, which also records the resolved configuration (the
+    ``config_file`` is read here, on the worker, and nowhere else).
 
-    Returns the shard-plan URIs (what the shard task maps over); pushes the plan URI under the XCom key
-    ``plan`` and the counts (media, pending, skipped) under ``counts``. With ``interval_start``
-    and ``interval_end`` only the media of that interval are listed, into the interval's ``dt=``
-    partition, which ``replace_partition`` replaces whole when the run is published.
+    Returns the counts (media, pending, skipped, shards) and pushes the plan URI under the XCom key ``plan``
+    and the counts under ``counts``. With ``interval_start`` and ``interval_end`` only the media of that
+    interval are listed, into the interval's ``dt=`` partition, which ``replace_partition`` replaces whole
+    when the run is published.
     """
 
     template_fields = (
@@ -50,9 +51,7 @@ class ListAndShardOperator(BaseOperator):
         self.interval_start, self.interval_end, self.layout = interval_start, interval_end, layout
         self.replace_partition = replace_partition
 
-    def execute(self, context) -> list[str]:
-        from airflow.sdk import conf
-
+    def execute(self, context) -> dict:
         from pipeline.orchestrate import list_and_shard
 
         start, end = or_none(self.interval_start), or_none(self.interval_end)
@@ -69,9 +68,9 @@ class ListAndShardOperator(BaseOperator):
             interval=(start, end) if start is not None and end is not None else None,
             layout=str(self.layout),
             replace_partition=as_bool(self.replace_partition),
-            max_shards=conf.getint("core", "max_map_length"),
         )
+        counts = {k: result[k] for k in ("media", "pending", "skipped", "shards")}
         ti = context["ti"]
         ti.xcom_push(key="plan", value=result["plan"])
-        ti.xcom_push(key="counts", value={k: result[k] for k in ("media", "pending", "skipped")})
-        return result["shards"]
+        ti.xcom_push(key="counts", value=counts)
+        return counts

@@ -27,20 +27,51 @@ class _OnPlan(BaseOperator):
 class ValidateAndPublishOperator(_OnPlan):
     """Calls ``pipeline.orchestrate.validate_and_publish`` on ``plan_uri``, which validates the run's tables under
     its lease, publishes a partition replacement, and releases the lease last; returns the run manifest's URI.
-    Fails without retrying, listing the problems, when a schema or an input does not add up."""
+    Fails without retrying, listing the problems, when a schema or an input does not add up.
+
+    Once published, a run that changed the tables (it processed videos, or replaced its partition) updates
+    the four tables' assets through each ``AssetAlias`` among its ``outlets`` (``operators.lineage``), with
+    the published table versions, the run id and the partition as the events' ``extra``; OpenLineage gets
+    the same tables and versions."""
 
     ui_color = "#e6f4ea"
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._lineage: tuple | None = None  # (manifest, plan) once published, for OpenLineage
+
     def execute(self, context) -> str:
+        from airflow.sdk import Asset, AssetAlias
         from airflow.sdk.exceptions import AirflowFailException
 
         from pipeline.orchestrate import ValidationError, validate_and_publish
+        from pipeline.store import open_output
+        from schemas.run import RunManifest, RunPlan
 
+        opts = self._options()
         try:
-            return validate_and_publish(str(self.plan_uri), self._options())
+            uri = validate_and_publish(str(self.plan_uri), opts)
         except ValidationError as exc:
             # Tables that do not add up stay that way; retrying would only delay the alarm.
             raise AirflowFailException(str(exc)) from exc
+        fs, path = open_output(uri, opts)
+        manifest = RunManifest.from_json(fs.cat_file(path))
+        fs, path = open_output(str(self.plan_uri), opts)
+        self._lineage = (manifest, RunPlan.from_json(fs.cat_file(path)))
+        if manifest.processed or manifest.replaced_partition:
+            for alias in (o for o in self.outlets if isinstance(o, AssetAlias)):
+                for table, table_uri in manifest.tables.items():
+                    extra = {"table": table, "version": manifest.versions[table], "versions": dict(manifest.versions),
+                             "run_id": manifest.run_id, "partition": manifest.partition, "manifest": uri}
+                    context["outlet_events"][alias].add(Asset(uri=table_uri), extra=extra)
+        return uri
+
+    def get_openlineage_facets_on_complete(self, task_instance):
+        from operators.lineage import run_lineage
+
+        manifest, plan = self._lineage
+        return run_lineage(manifest.input_uri, manifest.tables, manifest.versions, plan.config.get("models", {}),
+                           manifest.profile, manifest.config_fingerprint)
 
 
 class ReleaseOutputOperator(_OnPlan):

@@ -1,27 +1,31 @@
-"""The part both DAGs share: one mapped Ray task per listed shard, validation of what they wrote, and a
-teardown that frees the output whatever happened."""
+"""The part both DAGs share: the planned run as one task (one Ray Job with a cluster), validation and
+publishing of what it wrote, and a teardown that frees the output whatever happened."""
 from __future__ import annotations
 
-from operators.common import GPU_POOL, SHARD_TIMEOUT, STORAGE_TEMPLATES
-from operators.ray_shard import RayShardOperator
+from operators.common import GPU_POOL, RUN_TIMEOUT, STORAGE_TEMPLATES
+from operators.lineage import tables_alias
+from operators.run_plan import RunPlanOperator
 from operators.validate import ReleaseOutputOperator, ValidateAndPublishOperator
 
 
 def run_and_publish(listing) -> ValidateAndPublishOperator:
-    """Fan out over ``listing``'s shard plans (XCom: URIs only) and validate the tables they wrote."""
-    shards = RayShardOperator.partial(
-        task_id="run_shard",
+    """Run ``listing``'s plan (XCom: its URI) and validate and publish the tables it wrote; the publishing
+    task updates the tables' assets through ``tables_alias(<dag id>)``."""
+    plan = listing.output["plan"]
+    run = RunPlanOperator(
+        task_id="run_plan",
+        plan_uri=plan,
+        # Deferred while a Ray Job runs, the task holds no pool slot; in its own process it holds one.
         pool=GPU_POOL,
-        execution_timeout=SHARD_TIMEOUT,
+        execution_timeout=RUN_TIMEOUT,
         ray_conn_id="{{ params.ray_conn_id }}",
         **STORAGE_TEMPLATES,
-    ).expand(shard_uri=listing.output)
-    # none_failed: a listing with nothing pending maps zero shards (skipped) and is still validated.
-    publish = ValidateAndPublishOperator(
-        task_id="validate_and_publish", plan_uri=listing.output["plan"], trigger_rule="none_failed", **STORAGE_TEMPLATES
     )
-    shards >> publish
+    publish = ValidateAndPublishOperator(
+        task_id="validate_and_publish", plan_uri=plan, outlets=[tables_alias(listing.dag_id)], **STORAGE_TEMPLATES
+    )
+    run >> publish
     # A teardown: it runs once the run's work is over, failed or not, and does not decide the run's state.
-    release = ReleaseOutputOperator(task_id="release_output", plan_uri=listing.output["plan"], **STORAGE_TEMPLATES)
+    release = ReleaseOutputOperator(task_id="release_output", plan_uri=plan, **STORAGE_TEMPLATES)
     publish >> release.as_teardown()
     return publish

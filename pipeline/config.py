@@ -185,9 +185,6 @@ class RunConfig:
     retry_failed: bool = False  # redo videos whose committed row failed (force redoes everything)
     device: str = "auto"  # auto | cpu | cuda
     ray_address: str | None = None
-    # On a cluster the run joins, how long its loaded models wait for the next run (the next shard task, the
-    # next Ray Job) before they leave; 0: they end with the run.
-    models_idle_s: float = 300.0
     storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)  # may hold credentials
     cache_dir: str = field(default_factory=lambda: str(default_cache_dir()))
     partition: str | None = None  # e.g. "dt=2026-11-22": hive partition inside each table
@@ -197,8 +194,6 @@ class RunConfig:
             raise ConfigError(f"unknown profile {self.profile!r}; choose one of: {', '.join(PROFILES)}")
         if self.shard_size < 1:
             raise ConfigError(f"shard_size must be >= 1, got {self.shard_size}")
-        if self.models_idle_s < 0:
-            raise ConfigError(f"models_idle_s must be >= 0, got {self.models_idle_s}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.partition is not None and ("=" not in self.partition or "/" in self.partition):
@@ -277,3 +272,27 @@ def load_config(
         },
         "config",
     )
+
+
+def config_to_dict(config: RunConfig) -> dict[str, Any]:
+    """The configuration as plain JSON values (``config_from_dict`` reads it back equal), so that a run
+    planned in one place runs elsewhere as planned, without its config file. Storage options are included
+    as they are: whoever shows or stores the result removes their credentials."""
+    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+
+
+def config_from_dict(values: Mapping[str, Any]) -> RunConfig:
+    """The RunConfig that ``config_to_dict`` wrote; keys it leaves out take their defaults (the machine
+    that runs supplies its own), unknown keys are refused."""
+    values = dict(values)
+    models = values.pop("models", None)
+    if models is not None:
+        roles = {f.name for f in dataclasses.fields(Models)}
+        if set(models) != roles:
+            raise ConfigError(f"config models must name the roles {', '.join(sorted(roles))}, "
+                              f"got {', '.join(sorted(models))}")
+        values["models"] = Models(**{r: _build(ModelSpec, dict(models[r] or {}), f"models.{r}") for r in roles})
+    for name, cls in (("keyframes", KeyframeSettings), ("limits", Limits)):
+        if name in values:
+            values[name] = _build(cls, dict(values[name] or {}), name)
+    return _build(RunConfig, values, "config")

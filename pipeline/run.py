@@ -49,6 +49,7 @@ class RunSummary:
     skipped_shards: list[str] = field(default_factory=list)  # shard ids committed already by this run
     # shard id -> what its commit held: {"ok": n, "failed": n, "failures": [(uri, error)]}
     by_shard: dict[str, dict] = field(default_factory=dict)
+    pools: dict[str, dict] = field(default_factory=dict)  # per stage: actors, videos, busy share, nodes used
 
     def as_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -164,45 +165,57 @@ def _execute(
     decoder, stages = build_stages(config)
     if progress:
         progress("loading models", 0, todo)
-    executor = executor_for(
-        decoder, stages, device=config.device, idle_s=config.models_idle_s, limits=config.limits
-    )
-    done = 0
+    executor = executor_for(decoder, stages, device=config.device, limits=config.limits)
+    try:
+        _commit_shards(executor, config, output, shards, summary, progress, lease, planned_version, run_key)
+    except BaseException:
+        executor.stop()
+        raise
+    # A finished run leaves its pools to this process's next run with the same models (none other sees them).
+    executor.stop(park=True)
+    summary.stage_seconds = dict(executor.stage_seconds)
+    summary.wall_s = time.perf_counter() - started
+    return summary
+
+
+def _commit_shards(
+    executor, config: RunConfig, output: Output, shards: list[Shard], summary: RunSummary,
+    progress: Callable[[str, int, int], None] | None, lease: Lease, planned_version: int, run_key: str,
+) -> None:
+    """Each shard committed as the executor hands it over, in order."""
+    todo, done = sum(len(s.items) for s in shards), 0
 
     def on_stage(index: int, name: str) -> None:
         if progress:
             progress(f"shard {index + 1}/{len(shards)}: {name}", done, todo)
 
     batches = [[VideoTask(i.video_id, i.uri, i.input_fingerprint, i.size) for i in s.items] for s in shards]
-    names = {s.name: s.model_name for s in stages}
+    names = {s.name: s.model_name for s in executor.model_stages}
     for n, (shard, tasks) in enumerate(zip(shards, executor.run_shards(batches, on_stage)), 1):
         write_start = time.perf_counter()
         dim = executor.dims.get("embedding")  # None: no video got as far as a model
         record = _commit(output, config, shard, tasks, names, dim, run_key, planned_version)
-        executor.stage_seconds["write"] = executor.stage_seconds.get("write", 0.0) + time.perf_counter() - write_start
-        summary.shards += 1
-        summary.by_shard[shard.shard_id] = {
-            "ok": sum(t.ok for t in tasks), "failed": sum(not t.ok for t in tasks),
-            "failures": [(t.uri, t.error) for t in tasks if not t.ok],
-        }
-        for t in tasks:
-            if t.ok:
-                summary.ok += 1
-            else:
-                summary.failed += 1
-                summary.failures.append((t.uri, t.error))
-        if record is not None:
-            summary.commits.append(record)
-            summary.keyframes += record.rows["keyframes"]
-            summary.segments += record.rows["segments"]
-            summary.summaries += record.rows["summaries"]
+        executor.add_seconds("write", time.perf_counter() - write_start)
+        _count(summary, shard, tasks, record)
         done += len(tasks)
         if progress:
             progress(f"shard {n}/{len(shards)}: committed", done, todo)
         lease.check()  # another run took the output over: what is committed stays, the rest is left to it
-    summary.stage_seconds = dict(executor.stage_seconds)
-    summary.wall_s = time.perf_counter() - started
-    return summary
+    summary.pools = executor.report()
+
+
+def _count(summary: RunSummary, shard: Shard, tasks: list[VideoTask], record: CommitRecord | None) -> None:
+    summary.shards += 1
+    failures = [(t.uri, t.error) for t in tasks if not t.ok]
+    summary.by_shard[shard.shard_id] = {"ok": len(tasks) - len(failures), "failed": len(failures), "failures": failures}
+    summary.ok += len(tasks) - len(failures)
+    summary.failed += len(failures)
+    summary.failures.extend(failures)
+    if record is not None:
+        summary.commits.append(record)
+        summary.keyframes += record.rows["keyframes"]
+        summary.segments += record.rows["segments"]
+        summary.summaries += record.rows["summaries"]
 
 
 STAGES = ("decode", *ROLES)

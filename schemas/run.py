@@ -1,8 +1,9 @@
-"""The run's records: its plan, each shard's result and the run manifest, each written and read by one class.
+"""The run's records: its plan, what running it did, and the run manifest, each written and read by one class.
 
-``list_and_shard`` writes ``RunPlan`` (``_plans/<run>/plan.json``) next to the shard plans; ``run_shard``
-reads it back and writes a ``ShardResult`` (``shard-NNNNN.result.json``) when its shard is done;
-``validate_and_publish`` reads both and writes the ``RunManifest`` (``_runs/<run>.json``). Unknown keys are
+``list_and_shard`` writes ``RunPlan`` (``_plans/<run>/plan.json``) next to the shard plans; ``run_plan``
+reads it back, runs every shard in one pipeline and writes a ``ShardResult`` per shard
+(``shard-NNNNN.result.json``) and a ``RunResult`` for the whole run (``run.result.json``);
+``validate_and_publish`` reads them and writes the ``RunManifest`` (``_runs/<run>.json``). Unknown keys are
 ignored and missing ones take their defaults, so records of older runs still read.
 """
 from __future__ import annotations
@@ -22,6 +23,10 @@ class _Record:
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON values (lists for tuples), as XCom and a process's caller want them."""
+        return json.loads(self.to_json())
 
     @classmethod
     def from_json(cls: type[R], text: str | bytes) -> R:
@@ -62,7 +67,12 @@ class PlannedShard:
 
 @dataclass(frozen=True)
 class RunPlan(_Record):
-    """What a run is: where from, where to, under which configuration, and its shards."""
+    """What a run is: where from, where to, under which configuration, and its shards.
+
+    ``config`` is the resolved run configuration (``pipeline.config.config_to_dict``) without credentials
+    and without what belongs to the machine that runs it (model cache, Ray address): the run is executed
+    with it, wherever that is, so the config file need only exist where the run was listed.
+    """
 
     run_id: str
     input_uri: str
@@ -71,7 +81,8 @@ class RunPlan(_Record):
     profile: str = "tiny"
     partition: str | None = None
     interval: tuple[str, ...] | None = None  # [start, end) as ISO times, for interval runs
-    config_file: str | None = None
+    config_file: str | None = None  # where the configuration was read from, for the record
+    config: Mapping[str, Any] = field(default_factory=dict)
     force: bool = False
     retry_failed: bool = False
     shard_size: int = 8
@@ -106,13 +117,41 @@ class ShardResult(_Record):
     keyframes: int = 0
     segments: int = 0
     summaries: int = 0
+    # Of the run that committed the shard (one pipeline runs every shard of a run): its seconds, and of those
+    # the seconds finding or loading the models.
     wall_s: float = 0.0
-    load_s: float = 0.0  # of which finding or loading the models (about 0 when an earlier run left them loaded)
+    load_s: float = 0.0
     failures: tuple[Failure, ...] = ()
 
     def counts(self) -> dict[str, Any]:
         """The counts alone: what travels through XCom (failures stay in the file)."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "failures"}
+
+
+@dataclass(frozen=True)
+class ShardRun:
+    """One shard as its run saw it: videos planned, how many came out ok or failed, and whether an earlier try
+    of the same run had committed it (it was skipped then, and its counts are that try's)."""
+
+    shard_id: str
+    videos: int
+    ok: int = 0
+    failed: int = 0
+    committed_before: bool = False
+
+
+@dataclass(frozen=True)
+class RunResult(_Record):
+    """What running a whole plan did: the run's counts (``ShardResult.counts`` of the run), each shard's
+    outcome, and the tables it committed into (their URIs, and their versions after its last commit; the
+    run's staging tables for a partition replacement)."""
+
+    run_id: str
+    plan_id: str = ""
+    totals: Mapping[str, Any] = field(default_factory=dict)
+    shards: tuple[ShardRun, ...] = ()
+    tables: Mapping[str, str] = field(default_factory=dict)
+    versions: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -145,4 +184,6 @@ class RunManifest(_Record):
     committed_shards: tuple[str, ...] = ()
     shards: tuple[ShardOutcome, ...] = ()
     versions: Mapping[str, int] = field(default_factory=dict)  # the tables' versions validated (and published)
+    tables: Mapping[str, str] = field(default_factory=dict)  # the tables' URIs
+    replaced_partition: bool = False  # the run replaced its partition (published its staging tables)
     validated_at: str = ""

@@ -1,44 +1,52 @@
-"""list-and-shard and run-shard: the two halves of a fanned-out run.
+"""list-and-shard and run-plan: a run planned once, then executed as planned.
 
 ``list_and_shard`` lists the media, decides what is pending with the same ``plan_shards`` the library run
 uses, and writes one shard plan per planned shard under ``<output>/_plans/<run>/``::
 
-    plan.json            what the run is (``schemas.run.RunPlan``): input, output, partition, profile, shard
-                         plans (written last)
+    plan.json            what the run is (``schemas.run.RunPlan``): input, output, partition, the resolved
+                         configuration (by value, without credentials), shard plans (written last)
     inputs.txt           every listed input, one URI a line (what validation accounts for)
     shard-00000.json     one planned shard (``schemas.plan.ShardPlan``): its id, items and fingerprints
-    shard-00000.result.json   ``schemas.run.ShardResult``: counts and failures, written by ``run_shard``
+    shard-00000.result.json   ``schemas.run.ShardResult``: counts and failures, written by ``run_plan``
+    run.result.json      ``schemas.run.RunResult``: the run's counts and each shard's outcome
 
-``run_shard`` executes a shard plan as written (``pipeline.run.run_planned``): it lists and plans nothing
-again, so a retried or repeated shard rewrites the same files under the same id instead of adding rows.
+``run_plan`` executes every shard plan of a run as written, in one pipeline (``pipeline.run.run_planned``),
+with the configuration the plan holds: it lists and plans nothing again and reads no config file, so a
+retried or repeated run rewrites the same shards under the same ids instead of adding rows, and skips the
+shards an earlier try of the run committed.
 """
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
 import logging
-import math
 import posixpath
 import re
 import uuid
 from typing import Any, Mapping
 
-from pipeline.config import RunConfig, load_config
-from pipeline.discover import Shard, discover, plan_shards
+from pipeline.config import ConfigError, RunConfig, config_from_dict, config_to_dict, load_config
+from pipeline.discover import discover, plan_shards
 from pipeline.orchestrate.interval import as_utc, items_in_interval, partition_for_interval
-from pipeline.orchestrate.storage import merge_storage_options, storage_options_from_env, with_s3_defaults
-from pipeline.store import Output, committed_videos, open_output
+from pipeline.orchestrate.storage import (
+    merge_storage_options, storage_options_from_env, with_s3_defaults, without_secrets,
+)
+from pipeline.store import Output, commit_key, committed_videos, open_output
 from pipeline.store.output import STAGING_DIR
 from pipeline.store.lease import Lease
+from schemas import TABLES
 from schemas.plan import PlannedItem, ShardPlan
-from schemas.run import Failure, PlannedShard, RunPlan, ShardResult
+from schemas.run import Failure, PlannedShard, RunPlan, RunResult, ShardResult, ShardRun
 
 log = logging.getLogger(__name__)
 
 PLANS_DIR = "_plans"
 PLAN_FILE = "plan.json"
 INPUTS_FILE = "inputs.txt"
+RUN_RESULT_FILE = "run.result.json"
 COUNTS = ("discovered", "ok", "failed", "skipped", "shards", "keyframes", "segments", "summaries")
+# What a plan's configuration leaves to the machine that runs it: its model cache and the Ray it joins.
+LOCAL_SETTINGS = ("cache_dir", "ray_address")
 
 
 def run_key(run_id: str) -> str:
@@ -59,32 +67,15 @@ def build_config(
     return dataclasses.replace(config, storage_options=with_s3_defaults(opts, input_uri, output_uri))
 
 
+def planned_config(config: RunConfig) -> dict[str, Any]:
+    """What a plan records of its configuration: all of it but credentials and the machine's own settings."""
+    values = {k: v for k, v in config_to_dict(config).items() if k not in LOCAL_SETTINGS}
+    return {**values, "storage_options": without_secrets(values["storage_options"])}
+
+
 def _write_text(fs, path: str, text: str) -> None:
     fs.makedirs(posixpath.dirname(path), exist_ok=True)
     fs.pipe_file(path, text.encode())
-
-
-def _plan(items, committed: dict, config: RunConfig, max_shards: int) -> tuple[list[Shard], int, int]:
-    size = config.shard_size
-
-    def planned(size: int) -> tuple[list[Shard], int]:
-        return plan_shards(
-            items, committed, config.fingerprint(), size, force=config.force, retry_failed=config.retry_failed,
-        )
-
-    shards, skipped = planned(size)
-    if len(shards) > max_shards:
-        # Airflow caps the mapped tasks of one task (core.max_map_length); bigger shards keep a sweep of
-        # any size within it, and the shards that already exist keep their members.
-        old = {v.shard_id for v in committed.values()}
-        kept = sum(s.shard_id in old for s in shards)
-        fresh = sum(len(s.items) for s in shards if s.shard_id not in old)
-        if kept >= max_shards:
-            raise ValueError(f"{kept} existing shards to redo exceed the limit of {max_shards} mapped tasks")
-        size = max(size, math.ceil(fresh / (max_shards - kept)))
-        log.warning("%d shards exceed the limit of %d; using %d videos per shard", len(shards), max_shards, size)
-        shards, skipped = planned(size)
-    return shards, skipped, size
 
 
 def list_and_shard(
@@ -102,14 +93,14 @@ def list_and_shard(
     layout: str = "auto",
     partition: str | None = None,
     replace_partition: bool = False,
-    max_shards: int = 1024,
 ) -> dict:
     """List the media (all of it, or what arrived in ``interval``), plan the pending shards and write
     their lists. An interval writes into its own partition (``partition_for_interval``) unless
     ``partition`` names one. With ``replace_partition`` every listed input is planned, its shards commit
     into the run's staging tables, and ``validate_and_publish`` replaces the partition with them in one
     commit per table: readers see the old partition until then, and a failed run leaves it whole.
-    Returns URIs and counts: ``plan``, ``shards``, ``media``, ``pending``, ``skipped``, ``partition``."""
+    The plan holds the resolved configuration, which ``run_plan`` runs with: ``config_file`` is read here only.
+    Returns URIs and counts: ``plan``, ``shards`` (how many), ``media``, ``pending``, ``skipped``, ``partition``."""
     if interval is not None and partition is None:
         partition = partition_for_interval(*interval)
     config = build_config(
@@ -123,7 +114,7 @@ def list_and_shard(
         items = items_in_interval(input_uri, interval[0], interval[1], opts, layout)
     output = Output(output_uri, opts, partition)
     output.check_writable()
-    # The run's shared lease, taken before planning; its shard tasks join it (see pipeline.store.lease).
+    # The run's shared lease, taken before planning; its run and validation join it (see pipeline.store.lease).
     Lease(output, run_key(run_id), shared=True).acquire()
     replace = bool(replace_partition and partition)
     plan_id = uuid.uuid4().hex[:8]
@@ -133,7 +124,10 @@ def list_and_shard(
         for old in output.fs.glob(output.path(STAGING_DIR, f"{run_key(run_id)}*")):
             output.fs.rm(old, recursive=True)
         version, committed = -1, {}
-    shards, skipped, size = _plan(items, committed, config, max_shards)
+    shards, skipped = plan_shards(
+        items, committed, config.fingerprint(), config.shard_size, force=config.force,
+        retry_failed=config.retry_failed,
+    )
 
     plan_dir = posixpath.join(output.root, PLANS_DIR, run_key(run_id))
     if output.fs.exists(plan_dir):
@@ -155,9 +149,10 @@ def list_and_shard(
         partition=partition,
         interval=tuple(as_utc(t).isoformat() for t in interval) if interval else None,
         config_file=config_file,
+        config=planned_config(config),
         force=config.force,
         retry_failed=config.retry_failed,
-        shard_size=size,
+        shard_size=config.shard_size,
         media=len(items),
         skipped=skipped,
         replace_partition=replace,
@@ -172,7 +167,7 @@ def list_and_shard(
     log.info("%d media listed, %d pending in %d shard(s), %d already done", len(items), pending, len(shards), skipped)
     return {
         "plan": output.fs.unstrip_protocol(plan_path),
-        "shards": [s.uri for s in planned],
+        "shards": len(planned),
         "media": len(items),
         "pending": pending,
         "skipped": skipped,
@@ -180,37 +175,102 @@ def list_and_shard(
     }
 
 
-def run_shard(
-    shard_uri: str,
+def run_plan(
+    plan_uri: str,
     storage_options: Mapping[str, Any] | None = None,
     ray_address: str | None = None,
     cache_dir: str | None = None,
 ) -> dict:
-    """Run one shard plan written by ``list_and_shard``, as written (``pipeline.run.run_planned``; Ray:
-    ``ray_address``, ``RAY_ADDRESS`` or a local one). Returns the counts; ``<shard>.result.json`` gets them
-    too, with the failed inputs and their errors (kept out of the returned counts, which travel through
-    XCom)."""
-    from pipeline.run import run_planned  # models, stages and Ray: only where a shard actually runs
-
+    """Run every shard of the plan written by ``list_and_shard``, as written, in one pipeline
+    (``pipeline.run.run_planned``; Ray: ``ray_address``, ``RAY_ADDRESS`` or a local one), with the
+    configuration the plan holds; credentials come from ``storage_options`` and the environment. Shards an
+    earlier try of the run committed are skipped. Writes each shard's ``ShardResult`` and the run's
+    ``RunResult`` next to the plan and returns the latter as JSON values: ``totals`` (the counts),
+    ``shards`` (each shard's outcome), ``tables`` and ``versions``."""
     base = merge_storage_options(storage_options_from_env(), storage_options)
-    fs, shard_path = open_output(shard_uri, base)
-    plan = RunPlan.from_json(fs.cat_file(posixpath.join(posixpath.dirname(shard_path), PLAN_FILE)))
-    shard = ShardPlan.from_json(fs.cat_file(shard_path))
-    config = build_config(
-        shard_uri, plan.output_uri, base, profile=plan.profile, config_file=plan.config_file,
-        shard_size=plan.shard_size, partition=plan.partition, ray_address=ray_address, cache_dir=cache_dir,
+    fs, plan_path = open_output(plan_uri, base)
+    plan = RunPlan.from_json(fs.cat_file(plan_path))
+    if not plan.config:
+        raise ConfigError(f"plan {plan_uri} holds no configuration (an older reelscope listed it): list the run again")
+    opts = merge_storage_options(storage_options_from_env(), plan.config.get("storage_options"), storage_options)
+    local = {"ray_address": ray_address, **({"cache_dir": cache_dir} if cache_dir else {})}
+    config = config_from_dict({**plan.config, "storage_options": opts, **local})
+    if config.fingerprint() != plan.config_fingerprint:
+        raise ConfigError(f"plan {plan_uri} was made for configuration {plan.config_fingerprint}, but its settings "
+                          f"give {config.fingerprint()} here (another reelscope version?): list the run again")
+    plan_dir = posixpath.dirname(plan_path)
+    shard_paths = [posixpath.join(plan_dir, posixpath.basename(s.uri)) for s in plan.shards]
+    texts = fs.cat(shard_paths) if shard_paths else {}  # all at once: concurrent requests on object stores
+    shard_plans = [ShardPlan.from_json(texts[p]) for p in shard_paths]
+    if shard_plans:
+        from pipeline.run import run_planned  # models, stages and Ray: only where shards actually run
+
+        summary = run_planned(config, shard_plans, lease_owner=run_key(plan.run_id))
+    else:
+        summary = None
+    result = _record_results(fs, plan, shard_paths, summary, Output(plan.output_uri, opts, plan.partition))
+    fs.pipe_file(posixpath.join(plan_dir, RUN_RESULT_FILE), result.to_json().encode())
+    totals = result.totals
+    log.info("run %s: %d shard(s) committed, %d committed before; %d video(s) ok, %d failed", plan.run_id,
+             totals["shards"], sum(s.committed_before for s in result.shards), totals["ok"], totals["failed"])
+    return result.to_dict()
+
+
+def _record_results(fs, plan: RunPlan, shard_paths: list[str], summary, output: Output) -> RunResult:
+    """Each shard's ``ShardResult`` written (a shard an earlier try committed keeps the one that try wrote),
+    and the run's ``RunResult``."""
+    counts = {k: getattr(summary, k, 0) for k in COUNTS}
+    wall_s = round(summary.wall_s, 2) if summary else 0.0
+    load_s = round(summary.stage_seconds.get("load models", 0.0), 2) if summary else 0.0
+    skipped = set(summary.skipped_shards) if summary else set()
+    commits = {c.shard_id: c for c in summary.commits} if summary else {}
+    shards = []
+    for planned, path in zip(plan.shards, shard_paths):
+        rpath = result_path(path)
+        if planned.shard_id in skipped:
+            earlier = ShardResult.from_json(fs.cat_file(rpath)) if fs.exists(rpath) else None
+            if earlier is None:  # the earlier try stopped between the commit and its result
+                earlier = ShardResult(discovered=planned.videos, skipped=planned.videos)
+                fs.pipe_file(rpath, earlier.to_json().encode())
+            shards.append(ShardRun(planned.shard_id, planned.videos, earlier.ok, earlier.failed, True))
+            continue
+        done = summary.by_shard[planned.shard_id]
+        rows = commits[planned.shard_id].rows if planned.shard_id in commits else {}
+        result = ShardResult(
+            discovered=planned.videos, ok=done["ok"], failed=done["failed"], shards=1,
+            keyframes=rows.get("keyframes", 0), segments=rows.get("segments", 0), summaries=rows.get("summaries", 0),
+            wall_s=wall_s, load_s=load_s, failures=tuple(Failure(u, e) for u, e in done["failures"]),
+        )
+        fs.pipe_file(rpath, result.to_json().encode())
+        shards.append(ShardRun(planned.shard_id, planned.videos, result.ok, result.failed))
+    key = commit_key(run_key(plan.run_id), plan.plan_id)
+    committed_into = output.staging(key) if plan.replace_partition else output
+    last = summary.commits[-1].versions if summary and summary.commits else {}
+    return RunResult(
+        run_id=plan.run_id, plan_id=plan.plan_id, totals={**counts, "wall_s": wall_s, "load_s": load_s},
+        shards=tuple(shards), tables=table_uris(committed_into), versions=dict(last),
     )
-    summary = run_planned(config, [shard], lease_owner=run_key(plan.run_id))
-    result = ShardResult(
-        **{k: getattr(summary, k) for k in COUNTS}, wall_s=round(summary.wall_s, 2),
-        load_s=round(summary.stage_seconds.get("load models", 0.0), 2),
-        failures=tuple(Failure(u, e) for u, e in summary.failures),
-    )
-    fs.pipe_file(result_path(shard_path), result.to_json().encode())
-    log.info("shard %s: %d ok, %d failed, %d skipped", shard_uri, summary.ok, summary.failed, summary.skipped)
-    return result.counts()
+
+
+def table_uris(output: Output) -> dict[str, str]:
+    """The four tables' URIs (``file://`` for local ones): what lineage and Airflow assets name them by."""
+    return {t: output.fs.unstrip_protocol(output.path(t)) for t in TABLES}
+
+
+def outcome_table(shards: list[Mapping[str, Any]]) -> str:
+    """Each shard's outcome (``RunResult.shards`` as JSON values) as a fixed-width table, for logs."""
+    row = "{:<18}{:>8}{:>8}{:>8}  {}".format
+    lines = [row("shard", "videos", "ok", "failed", "committed before")]
+    lines += [row(s["shard_id"], s["videos"], s["ok"], s["failed"], "yes" if s["committed_before"] else "no")
+              for s in shards]
+    return "\n".join(lines)
 
 
 def result_path(shard: str) -> str:
     """Where a shard's counts are written (a URI for a URI, a path for a path)."""
     return posixpath.splitext(shard)[0] + ".result.json"
+
+
+def run_result_path(plan: str) -> str:
+    """Where ``run_plan`` writes the run's ``RunResult`` (a URI for a URI, a path for a path)."""
+    return posixpath.join(posixpath.dirname(plan), RUN_RESULT_FILE)

@@ -19,7 +19,7 @@ import pyarrow.dataset as ds
 
 from pipeline.config import PIPELINE_VERSION
 from pipeline.discover import video_id_for
-from pipeline.orchestrate.plan import INPUTS_FILE, result_path, run_key
+from pipeline.orchestrate.plan import INPUTS_FILE, result_path, run_key, table_uris
 from pipeline.orchestrate.storage import merge_storage_options, storage_options_from_env
 from pipeline.store import Output, commit_key, open_output, publish_partition, read_commits, table_version
 from pipeline.store.lease import Lease
@@ -48,7 +48,7 @@ def validate_and_publish(plan_uri: str, storage_options: Mapping[str, Any] | Non
     inputs = [line for line in fs.cat_file(posixpath.join(plan_dir, INPUTS_FILE)).decode().splitlines() if line]
     # The run's last task: it joins the run's lease, validates and publishes under it, and frees the output.
     with Lease(output, run_key(plan.run_id), shared=True, joins=True, release=True):
-        return _validate(output, plan, plan_uri, inputs, fs)
+        return _validate(output, plan, plan_uri, inputs, fs, plan_dir)
 
 
 def release_run(plan_uri: str, storage_options: Mapping[str, Any] | None = None) -> None:
@@ -121,7 +121,7 @@ def check_tables(output: Output, inputs: list[str]) -> tuple[list[str], dict[str
     return problems, rows, collections.Counter(videos.column("status").to_pylist())
 
 
-def _validate(output: Output, plan: RunPlan, plan_uri: str, inputs: list[str], fs) -> str:
+def _validate(output: Output, plan: RunPlan, plan_uri: str, inputs: list[str], fs, plan_dir: str) -> str:
     """Check the tables against the plan; publish a partition replacement and the run manifest when they
     add up."""
     key = commit_key(run_key(plan.run_id), plan.plan_id)
@@ -142,11 +142,11 @@ def _validate(output: Output, plan: RunPlan, plan_uri: str, inputs: list[str], f
         if not published:
             log.info("partition %s of %s replaced by run %s", output.partition, plan.output_uri, plan.run_id)
 
-    outcomes = []
-    for shard in plan.shards:
-        rpath = result_path(open_output(shard.uri, output.storage_options)[1])
-        result = ShardResult.from_json(fs.cat_file(rpath)) if fs.exists(rpath) else None
-        outcomes.append(ShardOutcome(shard.uri, shard.shard_id, shard.videos, result))
+    # Every shard's result at once (concurrent requests on object stores); a shard never run has none.
+    rpaths = [result_path(posixpath.join(plan_dir, posixpath.basename(s.uri))) for s in plan.shards]
+    texts = fs.cat(rpaths, on_error="omit") if rpaths else {}
+    outcomes = [ShardOutcome(s.uri, s.shard_id, s.videos, ShardResult.from_json(texts[p]) if p in texts else None)
+                for s, p in zip(plan.shards, rpaths)]
     manifest = RunManifest(
         run_id=plan.run_id,
         plan=plan_uri,
@@ -166,6 +166,8 @@ def _validate(output: Output, plan: RunPlan, plan_uri: str, inputs: list[str], f
         committed_shards=tuple(sorted(s.shard_id for s in plan.shards)),
         shards=tuple(outcomes),
         versions={t: table_version(output, t) for t in TABLES},
+        tables=table_uris(output),
+        replaced_partition=staging is not None,
         validated_at=dt.datetime.now(dt.timezone.utc).isoformat(),
     )
     path = posixpath.join(output.root, RUNS_DIR, f"{run_key(plan.run_id)}.json")

@@ -1,4 +1,5 @@
-"""A throwaway Airflow for the tests: its own AIRFLOW_HOME, a SQLite metadata DB, the project's DAGs.
+"""A throwaway Airflow for the tests: its own AIRFLOW_HOME, a SQLite metadata DB, the project's DAGs, and
+OpenLineage events written to a file (``lineage_events``).
 
 Airflow reads its home and configuration when it is first imported, so ``configure()`` runs from the
 conftests of the Airflow test folders at import time, before any test module imports Airflow.
@@ -6,6 +7,7 @@ conftests of the Airflow test folders at import time, before any test module imp
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import shutil
 import sys
@@ -32,5 +34,21 @@ def configure() -> None:
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             # dag.test() waits out retry delays in-process; a failing task should fail the test at once.
             "REELSCOPE_RETRIES": "0",
+            # The OpenLineage provider's own listener, emitting through its file transport; in a thread, since
+            # forking this process (which holds Ray) to emit would be slow and fragile.
+            "AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps(
+                {"type": "file", "log_file_path": f"{home}/openlineage.jsonl", "append": True}),
+            "AIRFLOW__OPENLINEAGE__EXECUTE_IN_THREAD": "True",
+            "AIRFLOW__OPENLINEAGE__NAMESPACE": "reelscope-tests",
         }
     )
+    # Ray reads its authentication mode once, when first imported: with a token on this machine, every Ray
+    # process and job client of the session authenticates with it (see ray_head.py).
+    if (Path.home() / ".ray" / "auth_token").exists():
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+
+def lineage_events() -> list[dict]:
+    """The OpenLineage events emitted so far in this test session, oldest first."""
+    path = Path(os.environ["AIRFLOW_HOME"]) / "openlineage.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []

@@ -16,3 +16,11 @@ def airflow_db():
 
     initdb()
     Pool.create_or_update_pool(GPU_POOL, slots=1, description="reelscope GPU shards", include_deferred=False)
+
+
+@pytest.fixture(scope="session")
+def ray_head(model_cache):
+    """A Ray cluster with a dashboard for Ray Jobs (``ray_head.RayHead``), shared by the session."""
+    from ray_head import shared_head
+
+    return shared_head(model_cache)

@@ -1,9 +1,20 @@
-"""The same throwaway Airflow home as tests/dags (set up once, whichever folder is collected first)."""
+"""The same throwaway Airflow home as tests/dags (set up once, whichever folder is collected first), and the
+same Ray head for Ray Jobs."""
 import sys
 from pathlib import Path
+
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "dags"))
 
 from airflow_env import configure  # noqa: E402
 
 configure()
+
+
+@pytest.fixture(scope="session")
+def ray_head(model_cache):
+    """A Ray cluster with a dashboard for Ray Jobs (``ray_head.RayHead``), shared by the session."""
+    from ray_head import shared_head
+
+    return shared_head(model_cache)

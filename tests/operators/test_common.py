@@ -33,6 +33,6 @@ def test_a_failed_validation_is_not_retried(tmp_path):
     ti = type("TI", (), {"xcom_push": lambda self, key, value: pushed.__setitem__(key, value)})()
     listing = ListAndShardOperator(task_id="list", input_uri=str(tmp_path / "in"), output_uri=str(tmp_path / "out"),
                                    run_key="r1")
-    assert len(listing.execute({"ti": ti})) == 1 and pushed["counts"]["pending"] == 1
+    assert listing.execute({"ti": ti})["shards"] == 1 and pushed["counts"]["pending"] == 1
     with pytest.raises(AirflowFailException, match="has no videos row"):
         ValidateAndPublishOperator(task_id="validate", plan_uri=pushed["plan"]).execute({})
