@@ -3,11 +3,12 @@
     .venv/bin/python benchmarks/cluster_scaling.py [--nodes 1 2 4] [--videos-per-node 64] [--shard-size 16]
                                                    [--code DIR]
 
-Each cluster is started for its row (tests/cluster.py): a head with ``--num-cpus 0`` (the GCS, the dashboard
-and the driver, which attaches to it; no stage work) and N nodes of 4 CPUs and 2 GPUs each, declared: the GPUs
-are for scheduling only. The stages are stand-ins that sleep a fixed time per video and declare resources as
-the real ones do, so what bounds throughput is the declared resources and the executor, not this machine's
-cores; the last column says how busy the host's CPUs were (near 100%, a row measures the machine).
+One real cluster (tests/cluster.py), grown to each size in turn, with a fresh driver process for each row: a
+head with ``--num-cpus 0`` (the GCS, the dashboard and the driver, which attaches to it; no stage work) and N
+nodes of 4 CPUs and 2 GPUs each, declared: the GPUs are for scheduling only. The stages are stand-ins that
+sleep a fixed time per video and declare resources as the real ones do, so what bounds throughput is the
+declared resources and the executor, not this machine's cores; the last column says how busy the host's CPUs
+were (near 100%, a row measures the machine as much as the executor).
 
 Every stand-in records on each task where and when it worked (node, worker process, start, end), so the table
 comes from the returned tasks alone, whatever the executor does inside:
@@ -19,8 +20,8 @@ comes from the returned tasks alone, whatever the executor does inside:
     actors            per model stage, the actors seen working (asr/caption/embedding/summary)
     nodes used        nodes that ran any work
 
-``--code DIR`` runs the ``pipeline`` package of another tree (driver and workers alike), e.g. the committed
-executor: ``git archive HEAD pipeline schemas | tar -x -C /tmp/head`` then ``--code /tmp/head``.
+``--code DIR`` runs the ``pipeline`` package of another tree (driver and workers alike), e.g. the executor
+before the rewrite: ``git archive 22a90dc pipeline schemas | tar -x -C /tmp/old``, then ``--code /tmp/old``.
 Not part of the test suite.
 """
 from __future__ import annotations
@@ -46,13 +47,15 @@ log = logging.getLogger("cluster_scaling")
 
 ROOT = Path(__file__).resolve().parents[1]
 NODE_CPUS, NODE_GPUS = 4, 2
-# Seconds a video, and each stage's declared share of a node. asr is clearly the slowest. The GPU shares sum
-# to 1: an executor that gives every stage one actor per GPU can then place them all.
+# Seconds a video, and each stage's declared share of a node; asr is clearly the slowest. A fractional GPU share
+# must fit on one GPU: with shares of at most 0.25 that sum to 0.75, one actor per stage per GPU (what the
+# committed executor makes) always fits, however Ray spreads them. (Shares summing to exactly 1 left one actor
+# of 16 unplaceable on 2 nodes, and that executor waiting for it forever.)
 STAGES = {
-    "asr": (0.2, Resources(cpus=0.25, gpus=0.4)),
-    "caption": (0.1, Resources(cpus=0.25, gpus=0.25)),
+    "asr": (0.2, Resources(cpus=0.25, gpus=0.25)),
+    "caption": (0.1, Resources(cpus=0.25, gpus=0.2)),
     "embedding": (0.05, Resources(cpus=0.25, gpus=0.1)),
-    "summary": (0.1, Resources(cpus=0.25, gpus=0.25)),
+    "summary": (0.1, Resources(cpus=0.25, gpus=0.2)),
 }
 DECODE = (0.05, Resources(cpus=0.5))
 BATCH = 4  # videos per stage call
@@ -145,31 +148,41 @@ def summarize(nodes: int, result: dict) -> Row:
     return Row(nodes, result["videos"], wall, stages, used, result["host_cpu"], result["executor"])
 
 
-def measure(nodes: int, args: argparse.Namespace) -> Row | str:
-    """One row: a fresh cluster of ``nodes`` nodes, one driver process on it; a string says why it failed."""
+def measure(args: argparse.Namespace) -> list[Row | str]:
+    """One row per cluster size: one cluster, grown node by node, and a driver process on it for each size (a
+    string says why that row failed)."""
     sys.path.insert(0, str(ROOT))  # the harness, tests/cluster.py; only here, so the driver's pipeline is --code's
     from tests.cluster import LoopbackCluster
 
     code = Path(args.code).resolve() if args.code else ROOT
-    env = {"PYTHONPATH": str(code)} if args.code else {}
-    videos = args.videos_per_node * nodes
+    rows: list[Row | str] = []
     with tempfile.TemporaryDirectory(prefix="cluster-scaling-") as tmp:
+        cluster = LoopbackCluster(tmp, head_cpus=0, extra_env={"PYTHONPATH": str(code)} if args.code else None)
         started = time.perf_counter()
-        cluster = LoopbackCluster(tmp, head_cpus=0, extra_env=env)
         with cluster:
-            for _ in range(nodes):
-                cluster.add_node(num_cpus=NODE_CPUS, num_gpus=NODE_GPUS)
-            log.info("%d node(s) up in %.1f s", nodes, time.perf_counter() - started)
-            cmd = [sys.executable, str(Path(__file__).resolve()), "--drive", "--videos", str(videos),
-                   "--shard-size", str(args.shard_size), "--cluster-nodes", str(nodes)]
-            # The driver's working directory goes onto its workers' sys.path (Ray does that): the code's tree.
-            try:
-                run = subprocess.run(cmd, env=cluster.env(), cwd=code, capture_output=True, text=True,
-                                     timeout=args.timeout_s)
-            except subprocess.TimeoutExpired:
-                return f"the driver did not finish in {args.timeout_s:.0f} s"
+            log.info("head up in %.1f s", time.perf_counter() - started)
+            for n in args.nodes:
+                started = time.perf_counter()
+                added = [cluster.add_node(NODE_CPUS, NODE_GPUS, wait=False) for _ in range(n + 1 - len(cluster.nodes))]
+                for node in added:
+                    cluster.wait_node(node)
+                log.info("%d node(s) up; %d started in %.1f s", n, len(added), time.perf_counter() - started)
+                rows.append(_row(cluster, n, code, args))
+                row = rows[-1]
+                log.info("%d node(s): %s", n, row if isinstance(row, str) else f"{row.rate:.1f} videos/s")
             ending = time.perf_counter()
-        log.info("%d node(s) torn down in %.1f s", nodes, time.perf_counter() - ending)
+        log.info("cluster torn down in %.1f s", time.perf_counter() - ending)
+    return rows
+
+
+def _row(cluster, nodes: int, code: Path, args: argparse.Namespace) -> Row | str:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--drive", "--videos", str(args.videos_per_node * nodes),
+           "--shard-size", str(args.shard_size), "--cluster-nodes", str(nodes)]
+    # The driver's working directory goes onto its workers' sys.path (Ray does that): the code's tree.
+    try:
+        run = subprocess.run(cmd, env=cluster.env(), cwd=code, capture_output=True, text=True, timeout=args.timeout_s)
+    except subprocess.TimeoutExpired:
+        return f"the driver did not finish in {args.timeout_s:.0f} s"
     lines = [line for line in run.stdout.splitlines() if line.startswith(RESULT)]
     if run.returncode or not lines:
         return f"the driver failed ({run.returncode}): {run.stderr.strip().splitlines()[-1:] or run.stdout[-300:]}"
@@ -216,10 +229,8 @@ def main() -> None:
         print(RESULT + json.dumps(drive(args.videos, args.shard_size, args.cluster_nodes)), flush=True)
         return
 
-    rows = []
-    for n in args.nodes:
-        rows.append(measure(n, args))
-        log.info("%d node(s): %s", n, rows[-1] if isinstance(rows[-1], str) else f"{rows[-1].rate:.1f} videos/s")
+    args.nodes = sorted(set(args.nodes))
+    rows = measure(args)
     executor = next((r.executor for r in rows if isinstance(r, Row)), "?")
     costs = ", ".join(f"{n} {s:g} s" for n, (s, _) in {"decode": DECODE, **STAGES}.items())
     print(f"\n{executor}; nodes of {NODE_CPUS} CPUs and {NODE_GPUS} GPUs (declared), a --num-cpus 0 head; "

@@ -47,7 +47,7 @@ def main() -> None:
     args = parser.parse_args()
     ensure_ray(object_store_bytes=256 * 1024**2)
     stages = [Sleeping(name=name, seconds_per_video=s, batch_size=args.shard_size) for name, s in SECONDS_PER_VIDEO.items()]
-    executor = RayExecutor(Sleeping(name="decode"), stages)
+    executor = RayExecutor(Sleeping(name="decode"), stages, max_actors=1)  # the overlap alone, one actor a stage
     executor.start()
     list(executor.run_shards([[VideoTask("warm", "file:///warm.mp4", "fp", 1)]]))  # Ray starts its workers
     tasks = [VideoTask(f"v{i}", f"file:///v{i}.mp4", "fp", 1) for i in range(args.videos)]

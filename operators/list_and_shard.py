@@ -74,3 +74,12 @@ class ListAndShardOperator(BaseOperator):
         ti.xcom_push(key="plan", value=result["plan"])
         ti.xcom_push(key="counts", value=counts)
         return counts
+
+    def get_openlineage_facets_on_complete(self, task_instance):
+        """The input listed (the run's tables come with ``run_plan`` and ``validate_and_publish``)."""
+        from airflow.providers.openlineage.extractors.base import OperatorLineage
+        from openlineage.client.event_v2 import InputDataset
+
+        from operators.lineage import dataset_name
+
+        return OperatorLineage(inputs=[InputDataset(*dataset_name(str(self.input_uri)))])

@@ -1,7 +1,9 @@
 """A planned run as one Ray Job: its submission (id, entrypoint, runtime environment) and the trigger that
 waits for it in Airflow's triggerer, so that no worker slot is held while it runs.
 
-Ray is imported where a job is submitted or polled, never when a DAG file is parsed.
+The cluster is an Airflow connection to its dashboard (host, port, schema), whose password, when set, is the
+cluster's Ray auth token (sent as ``Authorization: Bearer``; without it, Ray's own token file and
+``RAY_AUTH_MODE`` apply). Ray is imported where a job is submitted or polled, never when a DAG file is parsed.
 """
 from __future__ import annotations
 
@@ -15,8 +17,6 @@ from typing import Any, AsyncIterator, Mapping
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 DEFAULT_DASHBOARD_PORT = 8265
-# Storage option -> the variable botocore reads it from where the job runs.
-CREDENTIAL_VARIABLES = {"key": "AWS_ACCESS_KEY_ID", "secret": "AWS_SECRET_ACCESS_KEY", "token": "AWS_SESSION_TOKEN"}
 # Consecutive failed polls (the dashboard restarting, a network blip) before the trigger gives up.
 MAX_POLL_ERRORS = 10
 
@@ -41,61 +41,64 @@ def job_request(
     """The entrypoint and runtime environment of the job that runs ``plan_uri``.
 
     The entrypoint (shown by the dashboard and in logs) carries the storage options without credentials;
-    the credentials among them (``key``, ``secret``, ``token``) travel as ``AWS_*`` variables of the
-    runtime environment, over those ``runtime_env`` sets. Without any, the cluster's own environment
-    (instance roles, IRSA, its ``AWS_*`` variables) supplies them.
+    the AWS credentials among them travel as the ``AWS_*`` variables of the runtime environment
+    (``pipeline.orchestrate.storage.split_secrets``), over those ``runtime_env`` sets. Without any, the
+    cluster's own environment (instance roles, IRSA, its ``AWS_*`` variables) supplies them.
     """
-    from pipeline.orchestrate import without_secrets
+    from pipeline.orchestrate.storage import split_secrets
 
+    shown, credentials = split_secrets(storage_options)
     entrypoint = " ".join(
         ["python -m pipeline.orchestrate run-plan", shlex.quote(plan_uri),
-         "--storage-options", shlex.quote(json.dumps(without_secrets(dict(storage_options))))]
+         "--storage-options", shlex.quote(json.dumps(shown))]
         + (["--cache-dir", shlex.quote(cache_dir)] if cache_dir else [])
     )
     env = dict(runtime_env or {})
-    credentials = {var: str(storage_options[k]) for k, var in CREDENTIAL_VARIABLES.items() if storage_options.get(k)}
     if credentials:
         env["env_vars"] = {**env.get("env_vars", {}), **credentials}
     return entrypoint, env
 
 
-def jobs_client(address: str):
+def jobs_client(conn):
+    """A job client for the cluster of the Airflow connection ``conn``."""
     from ray.job_submission import JobSubmissionClient
 
-    return JobSubmissionClient(address)
+    headers = {"Authorization": f"Bearer {conn.password}"} if conn.password else None
+    return JobSubmissionClient(dashboard_address(conn.host, conn.port, conn.schema), headers=headers)
 
 
-def log_tail(address: str, job_id: str, lines: int = 40) -> str:
+def log_tail(client, job_id: str, lines: int = 40) -> str:
     """The last ``lines`` lines the job's driver wrote, or why they cannot be read."""
     try:
-        return "\n".join(jobs_client(address).get_job_logs(job_id).splitlines()[-lines:])
+        return "\n".join(client.get_job_logs(job_id).splitlines()[-lines:])
     except (OSError, RuntimeError) as exc:
         return f"(its logs could not be read: {exc})"
 
 
 class RayJobTrigger(BaseTrigger):
-    """Polls the Ray job ``submission_id`` on the dashboard at ``address`` (every 0.5 s at first, backing off
+    """Polls the Ray job ``submission_id`` on the cluster of ``ray_conn_id`` (every 0.5 s at first, backing off
     to every ``poll_interval`` seconds, so a short job is not held back by the poll) and fires one event,
     ``{"submission_id", "status", "message"}``, once it has ended: ``SUCCEEDED``, ``FAILED`` or
     ``STOPPED`` as Ray says, ``TIMEOUT`` after stopping a job still running at ``deadline`` (epoch
     seconds), ``UNREACHABLE`` when the dashboard did not answer ``MAX_POLL_ERRORS`` polls in a row.
     A user killing the deferred task (mark failed, clear) stops the job."""
 
-    def __init__(self, address: str, submission_id: str, poll_interval: float = 10.0,
+    def __init__(self, ray_conn_id: str, submission_id: str, poll_interval: float = 10.0,
                  deadline: float | None = None) -> None:
         super().__init__()
-        self.address, self.submission_id = address, submission_id
+        self.ray_conn_id, self.submission_id = ray_conn_id, submission_id
         self.poll_interval, self.deadline = poll_interval, deadline
-        self._client = None
+        self._conn = self._client = None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return f"{type(self).__module__}.{type(self).__qualname__}", {
-            "address": self.address, "submission_id": self.submission_id, "poll_interval": self.poll_interval,
+            "ray_conn_id": self.ray_conn_id, "submission_id": self.submission_id, "poll_interval": self.poll_interval,
             "deadline": self.deadline,
         }
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         wait, errors = min(0.5, self.poll_interval), 0
+        await self._connect()
         while True:
             try:
                 status = await asyncio.to_thread(self._status)
@@ -117,11 +120,19 @@ class RayJobTrigger(BaseTrigger):
             wait = min(wait * 2, self.poll_interval)
 
     async def on_kill(self) -> None:
+        await self._connect()
         await asyncio.to_thread(self._stop)
+
+    async def _connect(self) -> None:
+        """The connection read here, in the triggerer: its token never travels in the trigger's arguments."""
+        from airflow.sdk import BaseHook
+
+        if self._conn is None:
+            self._conn = await BaseHook.aget_connection(self.ray_conn_id)
 
     def _jobs(self):
         if self._client is None:  # made in a thread: the client asks the dashboard for its version
-            self._client = jobs_client(self.address)
+            self._client = jobs_client(self._conn)
         return self._client
 
     def _status(self):

@@ -16,9 +16,10 @@ log = logging.getLogger(__name__)
 class RunPlanOperator(BaseOperator):
     """Calls ``pipeline.orchestrate.run_plan`` on the plan ``plan_uri``: every shard in one pipeline.
 
-    With ``ray_conn_id`` (a connection to a Ray dashboard: host, port, schema) the run is one Ray Job,
-    ``python -m pipeline.orchestrate run-plan``, submitted under an id derived from the DAG run, task and
-    try (a restarted worker attaches to its job instead of submitting another); the task then defers to
+    With ``ray_conn_id`` (a connection to a Ray dashboard: host, port, schema; its password, if set, the
+    cluster's Ray auth token) the run is one Ray Job, ``python -m pipeline.orchestrate run-plan``, submitted
+    under an id derived from the DAG run, task and try (a restarted worker attaches to its job instead of
+    submitting another); the task then defers to
     ``RayJobTrigger`` and holds no worker slot until the job ends. The job's storage options travel without
     credentials in its entrypoint, the credentials as ``AWS_*`` variables of its runtime environment
     (``runtime_env`` adds to it). A retry submits a new job, which skips the shards the run committed. Killing
@@ -51,7 +52,7 @@ class RunPlanOperator(BaseOperator):
         self.plan_uri, self.storage_options, self.aws_conn_id = plan_uri, storage_options, aws_conn_id
         self.ray_address, self.ray_conn_id, self.cache_dir = ray_address, ray_conn_id, cache_dir
         self.runtime_env, self.poll_interval = runtime_env, poll_interval
-        self._job: tuple[str, str] | None = None  # (dashboard address, submission id) once submitted
+        self._job: tuple | None = None  # (job client, submission id) once submitted
         self._lineage: tuple | None = None  # (plan, result) of the run, for OpenLineage
 
     def execute(self, context) -> dict:
@@ -76,7 +77,7 @@ class RunPlanOperator(BaseOperator):
         if status != "SUCCEEDED":
             why = f" ({event['message']})" if event.get("message") else ""
             raise RuntimeError(f"Ray job {job_id} ended {status}{why}; its last log lines:\n"
-                               f"{log_tail(self._address(), job_id)}")
+                               f"{log_tail(self._jobs(), job_id)}")
         log.info("Ray job %s succeeded", job_id)
         opts = resolve_storage_options(self.aws_conn_id, self.storage_options)
         fs, path = open_output(run_result_path(str(self.plan_uri)), opts)
@@ -85,10 +86,9 @@ class RunPlanOperator(BaseOperator):
     def on_kill(self) -> None:
         """Stops a job this try submitted before it deferred (once deferred, the trigger stops it)."""
         if self._job is not None:
-            from operators.ray_job import jobs_client
-
-            log.info("stopping Ray job %s", self._job[1])
-            jobs_client(self._job[0]).stop_job(self._job[1])
+            client, job_id = self._job
+            log.info("stopping Ray job %s", job_id)
+            client.stop_job(job_id)
 
     def get_openlineage_facets_on_complete(self, task_instance):
         from operators.lineage import run_lineage
@@ -97,13 +97,12 @@ class RunPlanOperator(BaseOperator):
         return run_lineage(plan.input_uri, result["tables"], result["versions"], plan.config.get("models", {}),
                            plan.profile, plan.config_fingerprint)
 
-    def _address(self) -> str:
+    def _jobs(self):
         from airflow.sdk import BaseHook
 
-        from operators.ray_job import dashboard_address
+        from operators.ray_job import jobs_client
 
-        conn = BaseHook.get_connection(self.ray_conn_id)
-        return dashboard_address(conn.host, conn.port, conn.schema)
+        return jobs_client(BaseHook.get_connection(self.ray_conn_id))
 
     def _plan(self, opts: dict):
         from pipeline.store import open_output
@@ -113,23 +112,22 @@ class RunPlanOperator(BaseOperator):
         return RunPlan.from_json(fs.cat_file(path))
 
     def _submit(self, context, opts: dict) -> NoReturn:
-        from operators.ray_job import RayJobTrigger, job_request, jobs_client, submission_id
+        from operators.ray_job import RayJobTrigger, job_request, submission_id
 
         ti = context["ti"]
-        address = self._address()
         job_id = submission_id(ti.dag_id, ti.run_id, ti.task_id, ti.map_index, ti.try_number)
-        client = jobs_client(address)
-        self._job = (address, job_id)
+        client = self._jobs()
+        self._job = (client, job_id)
         try:
             log.info("attaching to Ray job %s (%s)", job_id, client.get_job_status(job_id))
         except RuntimeError:  # no such job yet: the normal case
             entrypoint, runtime_env = job_request(str(self.plan_uri), opts, or_none(self.cache_dir),
                                                   as_dict(self.runtime_env))
             client.submit_job(entrypoint=entrypoint, submission_id=job_id, runtime_env=runtime_env or None)
-            log.info("submitted Ray job %s to %s: %s", job_id, address, entrypoint)
+            log.info("submitted Ray job %s to %s: %s", job_id, self.ray_conn_id, entrypoint)
         # Airflow's execution timeout does not reach a deferred task: the trigger stops the job at it.
         deadline = time.time() + self.execution_timeout.total_seconds() if self.execution_timeout else None
-        self.defer(trigger=RayJobTrigger(address, job_id, self.poll_interval, deadline),
+        self.defer(trigger=RayJobTrigger(str(self.ray_conn_id), job_id, self.poll_interval, deadline),
                    method_name="execute_complete")
 
     def _report(self, context, plan, result: dict) -> dict:

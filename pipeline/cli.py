@@ -71,14 +71,26 @@ def _root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progr
 
 
 def _load_config(input: str, output: str, profile: str = "tiny", config: Optional[Path] = None, **overrides):
-    """The run configuration, with S3 time limits under the storage options (``with_s3_defaults``)."""
+    """The run configuration, with S3 time limits under the storage options (``with_s3_defaults``). When the
+    run touches S3, the ``AWS_*`` settings of this environment are made explicit under the config file's
+    options, so that they reach Ray workers on other machines: the endpoint and region by value, the
+    credentials (unless the config file gives its own) through the run's runtime environment."""
     import dataclasses
 
     from pipeline.config import load_config
-    from pipeline.orchestrate.storage import with_s3_defaults
+    from pipeline.orchestrate.storage import (
+        merge_storage_options, storage_options_from_env, with_s3_defaults, without_secrets,
+    )
 
     cfg = load_config(input, output, profile, str(config) if config else None, **overrides)
-    return dataclasses.replace(cfg, storage_options=with_s3_defaults(cfg.storage_options, input, output))
+    uris = (input, output, *(getattr(cfg.models, f.name).ref for f in dataclasses.fields(cfg.models)))
+    options = dict(cfg.storage_options)
+    if any(str(u).startswith(("s3://", "s3a://")) for u in uris):
+        from_env = storage_options_from_env()
+        if without_secrets(options) != options or "profile" in options:  # credentials of its own: not mixed
+            from_env = without_secrets(from_env)
+        options = merge_storage_options(from_env, options)
+    return dataclasses.replace(cfg, storage_options=with_s3_defaults(options, input, output))
 
 
 def _note(text: str) -> None:
@@ -119,7 +131,9 @@ def run(
     force: bool = typer.Option(False, "--force", help="Redo videos that are already done."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Redo videos whose earlier run failed."),
     shard_size: Optional[int] = typer.Option(None, help="Videos per shard (unit of work and of output files)."),
-    ray_address: Optional[str] = typer.Option(None, help="Join this Ray cluster instead of starting a local Ray (also RAY_ADDRESS)."),
+    ray_address: Optional[str] = typer.Option(
+        None, help="Join this Ray cluster instead of starting a local Ray (also RAY_ADDRESS; with token auth, "
+                   "RAY_AUTH_MODE=token and its token)."),
     device: Optional[str] = typer.Option(None, help="auto, cpu or cuda."),
 ) -> None:
     """Process every new or changed video under INPUT into the four tables under --output."""

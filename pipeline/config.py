@@ -169,7 +169,9 @@ PROFILES = {"tiny": _tiny_models, "cpu": _cpu_models, "gpu": _gpu_models}
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("REELSCOPE_CACHE", Path.home() / ".cache" / "reelscope"))
+    """The model cache of the machine this runs on: its ``REELSCOPE_CACHE``, else ``~/.cache/reelscope``.
+    Called where a model loads (each node its own), and by what runs on this machine (search)."""
+    return Path(os.environ.get("REELSCOPE_CACHE") or Path.home() / ".cache" / "reelscope")
 
 
 @dataclass(frozen=True)
@@ -186,7 +188,9 @@ class RunConfig:
     device: str = "auto"  # auto | cpu | cuda
     ray_address: str | None = None
     storage_options: Mapping[str, Any] = field(default_factory=dict, repr=False)  # may hold credentials
-    cache_dir: str = field(default_factory=lambda: str(default_cache_dir()))
+    # Where models are built and copied. None: each node's own (``default_cache_dir`` where the model loads);
+    # a path given is used as it is on every node, so it must exist on each (a shared mount).
+    cache_dir: str | None = None
     partition: str | None = None  # e.g. "dt=2026-11-22": hive partition inside each table
 
     def __post_init__(self) -> None:

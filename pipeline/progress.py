@@ -68,6 +68,12 @@ def print_summary(console: Console, summary) -> None:
     table.add_row("wall time", f"{summary.wall_s:.1f} s")
     for name, seconds in summary.stage_seconds.items():
         table.add_row(f"  {name}", f"{seconds:.1f} s")
+    pools = getattr(summary, "pools", {})
+    if pools:
+        table.add_row("Ray nodes that did work", str(len({n for pool in pools.values() for n in pool["nodes"]})))
+    for name, pool in pools.items():
+        if "actors" in pool:  # a model stage's pool: its width at most, and how busy its models were
+            table.add_row(f"  {name} pool", f"{pool['actors']} actor(s), {100 * pool['busy_share']:.0f}% busy")
     console.print(table)
     for uri, error in summary.failures:
         console.print(safe(f"failed: {uri}: {error}"), markup=False, highlight=False, soft_wrap=True)

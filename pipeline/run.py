@@ -56,7 +56,13 @@ class RunSummary:
 
 
 def build_stages(config: RunConfig) -> tuple[MediaDecoder, list[ModelStage]]:
-    common = {"cache_dir": config.cache_dir, "storage_options": dict(config.storage_options)}
+    """The stages, as they travel to Ray workers: storage options without credentials (those reach the
+    workers through the runtime environment: ``pipeline.executor.cluster.ensure_ray``), and the model cache
+    the user gave, else "" (each node's own)."""
+    from pipeline.orchestrate.storage import without_secrets
+
+    options = without_secrets(dict(config.storage_options))
+    common = {"cache_dir": config.cache_dir or "", "storage_options": options}
     m = config.models
     stages: list[ModelStage] = [
         WhisperTranscriber(spec=m.asr, **common),
@@ -69,7 +75,7 @@ def build_stages(config: RunConfig) -> tuple[MediaDecoder, list[ModelStage]]:
             stage.resources = dataclasses.replace(stage.resources, gpus=0.0)
         if stage.spec.stage_batch_size:
             stage.batch_size = stage.spec.stage_batch_size
-    decoder = MediaDecoder(keyframes=config.keyframes, limits=config.limits, storage_options=dict(config.storage_options))
+    decoder = MediaDecoder(keyframes=config.keyframes, limits=config.limits, storage_options=dict(options))
     return decoder, stages
 
 
@@ -161,7 +167,11 @@ def _execute(
     if not shards:
         summary.wall_s = time.perf_counter() - started
         return summary
-    ensure_ray(config.ray_address)
+    from pipeline.executor.cluster import check_reachable
+    from pipeline.orchestrate.storage import split_secrets
+
+    ensure_ray(config.ray_address, env_vars=split_secrets(config.storage_options)[1])
+    check_reachable(config.input, [i.uri for s in shards for i in s.items])
     decoder, stages = build_stages(config)
     if progress:
         progress("loading models", 0, todo)

@@ -23,9 +23,12 @@ Why it is built the way it is (Ray 2.60, found on this machine):
   token mode with another token (the test session's own Ray writes ``~/.ray/auth_token`` and sets
   ``RAY_AUTH_MODE=token`` in its process) gets a 403, not a silent success.
 - Ray starts its workers each in a process group of its own, so a node's process group is not all of it.
-  Every process of a node inherits a marker variable; killing a node SIGKILLs its group and every process
-  carrying its marker, then checks that none is left (the workers would otherwise linger a second or two,
-  noticing the lost raylet themselves). Nothing else on the machine is touched: never ``ray stop``.
+  A node's processes are found by their working directory, the node's temp dir, which they all inherit
+  (Ray's workers do not change it, unless a job's ``working_dir`` does, and that is in the temp dir too), or
+  by a marker variable in their environment (which those that set their title, ``ray::IDLE``, overwrite in
+  /proc; drivers started with ``env()`` carry the cluster's). Killing a node SIGKILLs its group and all of
+  these, then checks that none is left: its workers would otherwise linger a second or two, until they
+  notice the lost raylet. Nothing else on the machine is touched: never ``ray stop``.
 - The head's GCS declares a node dead after missed health checks, 15 s or more by default; here about 5 s.
 """
 from __future__ import annotations
@@ -46,7 +49,7 @@ from pathlib import Path
 
 import psutil
 
-_MARK = "REELSCOPE_LOOPBACK_RAY"  # "<cluster>:<node>" on every process a node starts, and "<cluster>:" on drivers
+_MARK = "REELSCOPE_LOOPBACK_RAY"  # "<cluster>:<node>:" in a node's processes, "<cluster>:" in its drivers
 # GCS health checks: a node is declared dead after ~period x threshold of silence (default 3 s x 5, after a 5 s
 # grace). Loose enough for 2 busy cores.
 _HEALTH = {"RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "2000",
@@ -86,11 +89,11 @@ class LoopbackCluster:
     """
 
     root: Path | str
-    head_cpus: float = 1
+    head_cpus: int = 1  # ray start takes whole CPUs; 0 keeps work off the head (the driver's node)
     head_gpus: int = 0
     head_resources: dict[str, float] | None = None
     object_store_bytes: int = 256 * 1024**2  # per node: Ray's default is 30% of RAM per node
-    timeout_s: float = 60.0  # for a node to come up or go down
+    timeout_s: float = 120.0  # for a node to come up or go down (a head takes 10 s on 2 idle cores, 30 on busy ones)
     extra_env: dict[str, str] | None = None  # for every node and driver (PYTHONPATH, say)
     nodes: list[Node] = field(default_factory=list, init=False)
 
@@ -130,7 +133,11 @@ class LoopbackCluster:
         return env
 
     def __enter__(self) -> LoopbackCluster:
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.shutdown()
+            raise
         return self
 
     def __exit__(self, *exc) -> None:
@@ -143,13 +150,15 @@ class LoopbackCluster:
         return self._start("head", args, self.head_cpus, self.head_gpus, self.head_resources, _HEALTH)
 
     def add_node(
-        self, num_cpus: float, num_gpus: int = 0, resources: dict[str, float] | None = None,
-        env: dict[str, str] | None = None,
+        self, num_cpus: int, num_gpus: int = 0, resources: dict[str, float] | None = None,
+        env: dict[str, str] | None = None, wait: bool = True,
     ) -> Node:
-        """Start another node, joined to the head, and wait until the cluster has it alive."""
-        return self._start(f"node{len(self.nodes)}", ["--address", self.address], num_cpus, num_gpus, resources, env)
+        """Start another node, joined to the head, and wait until the cluster has it alive (``wait=False``: start
+        several at once, then ``wait_node`` each)."""
+        name = f"node{len(self.nodes)}"
+        return self._start(name, ["--address", self.address], num_cpus, num_gpus, resources, env, wait)
 
-    def _start(self, name: str, args: list[str], cpus: float, gpus: int, resources, env) -> Node:
+    def _start(self, name: str, args: list[str], cpus: int, gpus: int, resources, env, wait: bool = True) -> Node:
         home = self.root / name
         home.mkdir(parents=True, exist_ok=True)
         temp = self._temp / name
@@ -170,39 +179,39 @@ class LoopbackCluster:
         with open(log, "ab") as out:
             process = subprocess.Popen(cmd, env=node_env, stdout=out, stderr=subprocess.STDOUT,
                                        stdin=subprocess.DEVNULL, cwd=temp, start_new_session=True)
-        node = Node(name, name == "head", process, temp, home / "cache", log, marker)
+        node = Node(name, name == "head", process, temp, Path(node_env["REELSCOPE_CACHE"]), log, marker)
         self.nodes.append(node)
-        self.wait_node(node, alive=True)
+        if wait:
+            self.wait_node(node, alive=True)
         return node
 
     def state(self) -> list[dict]:
         """Every node the cluster knows, alive or dead, from the dashboard's state API."""
-        request = urllib.request.Request(f"{self.dashboard_url}/api/v0/nodes?limit=1000&detail=1", headers=self.headers())
-        with urllib.request.urlopen(request, timeout=10) as reply:
+        url = f"{self.dashboard_url}/api/v0/nodes?limit=1000&detail=1"
+        with urllib.request.urlopen(urllib.request.Request(url, headers=self.headers()), timeout=10) as reply:
             return json.load(reply)["data"]["result"]["result"]
 
     def wait_node(self, node: Node, alive: bool = True, timeout_s: float | None = None) -> None:
         """Wait until the cluster reports ``node`` alive (or dead): a dead node only once the GCS has given up on
         it, which takes some seconds after its processes are gone."""
-        deadline = time.monotonic() + (timeout_s or self.timeout_s)
+        timeout_s = timeout_s or self.timeout_s
+        deadline = time.monotonic() + timeout_s
         want = "ALIVE" if alive else "DEAD"
         last = ""
         while time.monotonic() < deadline:
             if alive and node.process.poll() is not None:
                 raise RuntimeError(f"ray start for {node.name} exited ({node.process.returncode}):\n{_tail(node.log)}")
             try:
-                mine = [n for n in self.state() if n["node_name"] == f"{self.id}-{node.name}"]
+                mine = next((n for n in self.state() if n["node_name"] == f"{self.id}-{node.name}"), None)
             except OSError as exc:  # the dashboard is not up yet
                 last = repr(exc)
             else:
-                # A node's entry is one per Ray node id; the newest one is what it is now.
-                mine.sort(key=lambda n: n.get("start_time_ms") or 0)
-                if mine and mine[-1]["state"] == want:
-                    node.node_id = mine[-1]["node_id"]
+                if mine and mine["state"] == want:
+                    node.node_id = mine["node_id"]
                     return
-                last = mine[-1]["state"] if mine else "not registered"
+                last = mine["state"] if mine else "not registered"
             time.sleep(0.25)
-        raise TimeoutError(f"{node.name} not {want} after {timeout_s or self.timeout_s:.0f} s ({last}):\n{_tail(node.log)}")
+        raise TimeoutError(f"{node.name} not {want} after {timeout_s:.0f} s ({last}):\n{_tail(node.log)}")
 
     def kill_node(self, node: Node) -> None:
         """SIGKILL every process of the node at once (raylet, workers, agents; GCS and dashboard for the head),

@@ -35,14 +35,14 @@ print(json.dumps({"driver": ray.get_runtime_context().get_node_id(), "pinned": r
 _JOB = """
 import ray
 ray.init()
-print("job ran on", ray.get(ray.remote(num_cpus=0, num_gpus=1)(lambda: ray.get_runtime_context().get_node_id()).remote()))
+node = ray.remote(num_cpus=0, num_gpus=1)(lambda: ray.get_runtime_context().get_node_id())
+print("job ran on", ray.get(node.remote()))
 """
 
 
 def test_two_nodes_schedule_take_a_job_and_die_when_killed(tmp_path):
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    started = time.perf_counter()
     with LoopbackCluster(tmp_path, head_cpus=1) as cluster:
         worker = cluster.add_node(num_cpus=1, num_gpus=2)
         head = cluster.head
@@ -75,7 +75,6 @@ def test_two_nodes_schedule_take_a_job_and_die_when_killed(tmp_path):
         cluster.wait_node(worker, alive=False)
         assert [n["state"] for n in cluster.state() if n["node_id"] == head.node_id] == ["ALIVE"]
     assert cluster.pids() == [] and not any(_alive(pid) for pid in workers)
-    assert time.perf_counter() - started < 90
 
 
 def _alive(pid: int) -> bool:

@@ -80,23 +80,28 @@ def worker_runtime_env() -> dict | None:
 
 def check_reachable(input_uri: str, media: Iterable[str] = ()) -> None:
     """Refuse (``ConfigError``) media on this machine's disk when the cluster has other nodes, which cannot
-    read it: a decode placed there would fail the video as "file not found". ``input_uri`` is the input as
-    given; ``media`` the URIs listed from it (a manifest on S3 may list local files, a local one S3 objects).
-    ``REELSCOPE_SHARED_FS=1`` says the paths are mounted at the same place on every node."""
+    read it: a decode placed there would fail the video as "file not found". ``media``: the URIs listed from
+    ``input_uri``, which decide when given (a manifest on the driver's disk may list S3 objects, one on S3
+    local files); else the input itself. ``REELSCOPE_SHARED_FS=1`` says that local paths are mounted at the
+    same place on every node."""
     import ray
 
-    local = [u for u in (input_uri, *media) if _is_local(u)]
+    media = list(media)
+    local = [u for u in media if _is_local(u)] if media else [input_uri] * _is_local(input_uri)
     if not local or os.environ.get(SHARED_FS_ENV, "").strip().lower() in ("1", "true", "yes"):
         return
-    here = ray.get_runtime_context().get_node_id()
+    from ray.util.client import ray as client
+
+    # Through Ray Client (ray://) the driver is no node at all: its node id is the head's.
+    here = None if client.is_connected() else ray.get_runtime_context().get_node_id()
     others = [n for n in ray.nodes() if n.get("Alive") and n.get("NodeID") != here]
     if not others:
         return
-    what = f"input {input_uri}" if local[0] == input_uri else f"input {input_uri} lists {local[0]}, which"
+    what = f"input {input_uri}" if _is_local(input_uri) else f"input {input_uri} lists {local[0]}, which"
     raise ConfigError(
-        f"{what} is on this machine's disk, which the other {len(others)} node(s) of the Ray cluster cannot "
-        f"read: put the media on an object store and give its URI (s3://bucket/prefix), or set "
-        f"{SHARED_FS_ENV}=1 if the path is mounted at the same place on every node"
+        f"{what} is on this machine's disk, which the {'other ' if here else ''}{len(others)} node(s) of the "
+        f"Ray cluster cannot read: put the media on an object store and give its URI (s3://bucket/prefix), or "
+        f"set {SHARED_FS_ENV}=1 if the path is mounted at the same place on every node"
     )
 
 

@@ -51,6 +51,7 @@ class RayExecutor:
         device = self.device if self.device != "auto" else ("cuda" if gpus else "cpu")
         if device == "cuda" and not gpus:
             raise ModelLoadError("device=cuda was asked for, but the Ray cluster has no GPU")
+        self.auto = self.device == "auto"  # then the pools follow the GPUs there are (a GPU node lost, or one back)
         self.device = device
         # One retry: a worker that dies twice on the same video will die every time.
         self.decode_fn = ray.remote(decode).options(num_cpus=self.decoder.resources.cpus, max_retries=1)
@@ -60,6 +61,7 @@ class RayExecutor:
         self.setup_deaths: dict[str, int] = {}
         self.dims: dict[str, int | None] = {}
         self.decode_nodes: set[str] = set()
+        self.news: list[tuple[set[str], set[str]]] = []  # nodes lost and joined, not yet told
         self.caps = [1] * len(self.model_stages)
         self.target = {stage.name: 1 for stage in self.model_stages}
         self.last_rebalance = time.perf_counter()
@@ -84,14 +86,38 @@ class RayExecutor:
         return repr(stage), self.device
 
     def _pool(self, stage: Stage, nodes: list[Node]) -> StagePool:
-        """A stage's pool: on GPUs each actor takes the stage's declared shares; on CPUs ``cpu_actor_cpus``
-        (its torch threads follow, and the count of model copies a node holds) where the cluster has that
-        for every stage besides the decodes' CPUs, else the declared fraction."""
-        if self.device == "cuda":
-            return StagePool(stage, self.device, stage.resources.cpus, stage.resources.gpus)
+        pool = StagePool(stage, self.device, 0.0, 0.0)
+        self._place(pool, self.device, nodes)
+        return pool
+
+    def _place(self, pool: StagePool, device: str, nodes: list[Node]) -> None:
+        """What each new actor of ``pool`` asks for: on GPUs the stage's declared shares; on CPUs
+        ``cpu_actor_cpus`` (its torch threads follow, and the count of model copies a node holds) where the
+        cluster has that for every stage besides the decodes' CPUs, else the declared fraction."""
+        stage = pool.stage
+        pool.device = device
+        if device == "cuda":
+            pool.cpus, pool.gpus = stage.resources.cpus, stage.resources.gpus
+            return
         spare = sum(n.cpus - decode_reserve(n.cpus, self.decoder.resources.cpus) for n in nodes)
         share = max(stage.resources.cpus, self.cpu_actor_cpus)
-        return StagePool(stage, self.device, share if spare >= share * len(self.model_stages) else stage.resources.cpus, 0.0)
+        pool.cpus = share if spare >= share * len(self.model_stages) else stage.resources.cpus
+        pool.gpus = 0.0
+
+    def _follow_gpus(self) -> None:
+        """With ``device: auto``, new actors go where the GPUs are: on CPU once the last GPU node is gone
+        (the run goes on, slower), on GPUs again when one joins."""
+        if not self.auto:
+            return
+        device = "cuda" if sum(n.gpus for n in self.nodes.values()) else "cpu"
+        moved = [pool for pool in self.pools if pool.device != device]
+        for pool in moved:
+            for worker in [w for w in pool.workers if not w.ready]:  # waiting for what is no longer there
+                pool.drop(worker)
+            self._place(pool, device, list(self.nodes.values()))
+        if moved:
+            log.warning("%s: new model actors run on %s", "no GPU left in the cluster" if device == "cpu"
+                        else "GPUs joined the cluster", device)
 
     # -- sizing ---------------------------------------------------------------------------------------------
     def resize(self, caps: list[int] | None = None, force: bool = False) -> None:
@@ -133,6 +159,8 @@ class RayExecutor:
         import ray
 
         pool, worker = self.setups.pop(ref)
+        if worker not in pool.workers:  # the run let it go meanwhile (retired, or its GPUs went away)
+            return
         try:
             worker.ready = ray.get(ref)
         except ray.exceptions.RayActorError as exc:
@@ -166,11 +194,13 @@ class RayExecutor:
         nodes = alive_nodes()
         lost, joined = set(self.nodes) - {n.id for n in nodes}, {n.id for n in nodes} - set(self.nodes)
         if lost or joined:
+            self.news.append((lost, joined))
             self.nodes = {n.id: n for n in nodes}
             self.slots = decode_slots(nodes, self.decoder.resources.cpus)
             for pool in self.pools:
                 for worker in [w for w in pool.workers if w.node in lost]:
                     pool.drop(worker, kill=False)
+            self._follow_gpus()
             self.resize(force=True)
         return lost, joined
 

@@ -33,6 +33,7 @@ class Scheduler:
         self.pools: list[StagePool] = executor.pools
         self.shards = [Shard([Item(n, t) for t in tasks]) for n, tasks in enumerate(shards)]
         self.pending = deque(item for shard in self.shards for item in shard.items)
+        self.left = len(self.pending)  # videos not through yet, admitted or not
         self.queues: list[deque[Item]] = [deque() for _ in self.pools]
         self.calls: dict[object, Call] = {}
         self.decodes: dict[object, Decode] = {}
@@ -81,14 +82,15 @@ class Scheduler:
 
     # -- admission and dispatch -----------------------------------------------------------------------------
     def admit(self) -> None:
-        """Decode more videos while there is room: decodes in flight within the reserved CPUs, decoded media
-        waiting for the first stage within twice what its pool takes at once, and every video under way
-        within what all the pools hold (backpressure: decoded media are what the object store holds)."""
+        """Decode more videos while there is room: decodes in flight within twice what the reserved CPUs run
+        at once (Ray queues the rest; their time limits start when they do), decoded media waiting for the
+        first stage within twice what its pool takes at once, and every video under way within what all the
+        pools hold (backpressure: decoded media are what the object store holds)."""
         first = self.pools[0]
         ahead_cap = max(self.x.slots, DEPTH * len(first.workers) * first.stage.batch_size)
         under_way_cap = ahead_cap + sum(2 * DEPTH * len(p.workers) * p.stage.batch_size for p in self.pools)
-        under_way = sum(s.left for s in self.shards) - len(self.pending)
-        while (self.pending and len(self.decodes) < self.x.slots and under_way < under_way_cap
+        under_way = self.left - len(self.pending)
+        while (self.pending and len(self.decodes) < 2 * self.x.slots + 2 and under_way < under_way_cap
                and len(self.decodes) + len(self.queues[0]) < ahead_cap):
             self.decode(self.pending.popleft())
             under_way += 1
@@ -221,6 +223,7 @@ class Scheduler:
     def finish(self, item: Item) -> None:
         item.step = len(self.pools)
         self.shards[item.shard].left -= 1
+        self.left -= 1
 
     def fail(self, item: Item, stage: str, why: str) -> None:
         """The video fails at ``stage``, on the driver: its task as far as it got (or as admitted)."""
@@ -260,6 +263,7 @@ class Scheduler:
                     ray.get(item.ref)
                 except ray.exceptions.ObjectLostError:
                     shard.left += 1
+                    self.left += 1
                     self.decode(item)
 
     # -- time limits and nodes ------------------------------------------------------------------------------
@@ -276,10 +280,14 @@ class Scheduler:
 
     def watch_nodes(self) -> None:
         now = time.perf_counter()
-        if now - self.nodes_seen < NODES_EVERY_S:
-            return
-        self.nodes_seen = now
-        lost, joined = self.x.nodes_changed()
+        if now - self.nodes_seen >= NODES_EVERY_S:
+            self.nodes_seen = now
+            self.x.nodes_changed()
+        while self.x.news:
+            self.tell(*self.x.news.pop(0))
+
+    def tell(self, lost: set[str], joined: set[str]) -> None:
+        """One line per node lost or joined: what it costs and what the pools are now."""
         for node in lost:
             there = [i for c in self.calls.values() if c.worker.node == node for i in c.items]
             log.warning("node %s lost: %d video(s) in work there go again; %s", node[:12], len(there),

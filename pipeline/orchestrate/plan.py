@@ -44,6 +44,7 @@ PLANS_DIR = "_plans"
 PLAN_FILE = "plan.json"
 INPUTS_FILE = "inputs.txt"
 RUN_RESULT_FILE = "run.result.json"
+FAILURES_LOGGED = 20  # failed videos named in the log; every one is in its shard's result file
 COUNTS = ("discovered", "ok", "failed", "skipped", "shards", "keyframes", "segments", "summaries")
 # What a plan's configuration leaves to the machine that runs it: its model cache and the Ray it joins.
 LOCAL_SETTINGS = ("cache_dir", "ray_address")
@@ -210,6 +211,11 @@ def run_plan(
         summary = None
     result = _record_results(fs, plan, shard_paths, summary, Output(plan.output_uri, opts, plan.partition))
     fs.pipe_file(posixpath.join(plan_dir, RUN_RESULT_FILE), result.to_json().encode())
+    failures = summary.failures if summary else []
+    for uri, error in failures[:FAILURES_LOGGED]:
+        log.warning("failed: %s: %s", uri, error)
+    if len(failures) > FAILURES_LOGGED:
+        log.warning("and %d more failed; each shard's result file names them", len(failures) - FAILURES_LOGGED)
     totals = result.totals
     log.info("run %s: %d shard(s) committed, %d committed before; %d video(s) ok, %d failed", plan.run_id,
              totals["shards"], sum(s.committed_before for s in result.shards), totals["ok"], totals["failed"])
@@ -218,21 +224,26 @@ def run_plan(
 
 def _record_results(fs, plan: RunPlan, shard_paths: list[str], summary, output: Output) -> RunResult:
     """Each shard's ``ShardResult`` written (a shard an earlier try committed keeps the one that try wrote),
-    and the run's ``RunResult``."""
+    and the run's ``RunResult``; ``summary`` is None when the plan had no shard to run. Results are read and
+    written all at once: a run may have thousands of shards on an object store."""
     counts = {k: getattr(summary, k, 0) for k in COUNTS}
     wall_s = round(summary.wall_s, 2) if summary else 0.0
     load_s = round(summary.stage_seconds.get("load models", 0.0), 2) if summary else 0.0
     skipped = set(summary.skipped_shards) if summary else set()
     commits = {c.shard_id: c for c in summary.commits} if summary else {}
-    shards = []
-    for planned, path in zip(plan.shards, shard_paths):
-        rpath = result_path(path)
+    paths = {s.shard_id: result_path(p) for s, p in zip(plan.shards, shard_paths)}
+    earlier_paths = [paths[s] for s in skipped]
+    earlier = fs.cat(earlier_paths, on_error="omit") if earlier_paths else {}
+    writes, shards = {}, []
+    for planned in plan.shards:
+        path = paths[planned.shard_id]
         if planned.shard_id in skipped:
-            earlier = ShardResult.from_json(fs.cat_file(rpath)) if fs.exists(rpath) else None
-            if earlier is None:  # the earlier try stopped between the commit and its result
-                earlier = ShardResult(discovered=planned.videos, skipped=planned.videos)
-                fs.pipe_file(rpath, earlier.to_json().encode())
-            shards.append(ShardRun(planned.shard_id, planned.videos, earlier.ok, earlier.failed, True))
+            if path in earlier:
+                result = ShardResult.from_json(earlier[path])
+            else:  # the earlier try stopped between the commit and its result
+                result = ShardResult(discovered=planned.videos, skipped=planned.videos)
+                writes[path] = result.to_json().encode()
+            shards.append(ShardRun(planned.shard_id, planned.videos, result.ok, result.failed, True))
             continue
         done = summary.by_shard[planned.shard_id]
         rows = commits[planned.shard_id].rows if planned.shard_id in commits else {}
@@ -241,8 +252,10 @@ def _record_results(fs, plan: RunPlan, shard_paths: list[str], summary, output: 
             keyframes=rows.get("keyframes", 0), segments=rows.get("segments", 0), summaries=rows.get("summaries", 0),
             wall_s=wall_s, load_s=load_s, failures=tuple(Failure(u, e) for u, e in done["failures"]),
         )
-        fs.pipe_file(rpath, result.to_json().encode())
+        writes[path] = result.to_json().encode()
         shards.append(ShardRun(planned.shard_id, planned.videos, result.ok, result.failed))
+    if writes:
+        fs.pipe(writes)
     key = commit_key(run_key(plan.run_id), plan.plan_id)
     committed_into = output.staging(key) if plan.replace_partition else output
     last = summary.commits[-1].versions if summary and summary.commits else {}

@@ -2,9 +2,11 @@
 connection, a config file, explicit options.
 
 botocore already reads ``AWS_*`` variables where the code runs; turning them into explicit options matters
-because the options travel inside the ``RunConfig`` to Ray workers, which may run on machines (or in
-processes started earlier) that do not share the orchestrator's environment. ``without_secrets`` strips
-credentials wherever options become visible, as in a Ray Job's command line.
+because the settings (endpoint, region, timeouts) travel by value inside the stages to Ray workers, which
+may run on machines (or in processes started earlier) that do not share the orchestrator's environment.
+Credentials do not travel with them: ``split_secrets`` turns them into the ``AWS_*`` variables of the run's
+Ray runtime environment, and ``without_secrets`` strips them wherever options become visible (a pickled
+stage, a Ray Job's command line, a log).
 
 ``with_s3_defaults`` puts time limits under whatever the user gives: by default a stalled endpoint is
 retried for minutes (s3fs tries each call 5 times, botocore each try up to 5 times, each read waits 15 s);
@@ -13,9 +15,12 @@ a run should fail in under a minute and say why.
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import re
 from typing import Any, Mapping
+
+log = logging.getLogger(__name__)
 
 # s3fs tries every call 5 times itself (a fixed number: its ``retries`` is not an option), so botocore makes
 # one attempt per try: a stalled endpoint fails after 5 x 10 s plus 1 s of back-off, a refused connection at
@@ -106,3 +111,55 @@ def without_secrets(options: Any) -> Any:
     if isinstance(options, (list, tuple)):
         return [without_secrets(v) for v in options]
     return options
+
+
+# Where s3fs and botocore take each AWS credential, and the variable botocore reads it from instead.
+_AWS_VARIABLES = {
+    "AWS_ACCESS_KEY_ID": (("key",), ("client_kwargs", "aws_access_key_id")),
+    "AWS_SECRET_ACCESS_KEY": (("secret",), ("client_kwargs", "aws_secret_access_key")),
+    "AWS_SESSION_TOKEN": (("token",), ("client_kwargs", "aws_session_token")),
+}
+
+
+def split_secrets(options: Mapping[str, Any] | None) -> tuple[dict, dict[str, str]]:
+    """``(options without credentials, the AWS_* variables that carry them)``: the first travel by value to
+    Ray workers, the second through the run's runtime environment, where botocore reads them. A credential
+    with no such variable (a password, an SSE-C key) stays on the driver, which lists and commits; its name
+    is logged, since workers then read with the credentials of their own environment."""
+    options = dict(options or {})
+    env: dict[str, str] = {}
+    for variable, places in _AWS_VARIABLES.items():
+        for place in places:
+            value = _at(options, place)
+            if value:
+                env[variable] = str(value)
+                break
+    kept = without_secrets(options)
+    carried = {place for places in _AWS_VARIABLES.values() for place in places}
+    left = sorted(".".join(p) for p in _secret_places(options) if p not in carried)
+    if left:
+        log.warning("storage option(s) %s hold credentials that Ray workers are not given; they read media "
+                    "with the credentials of their own environment", ", ".join(left))
+    return kept, env
+
+
+def _at(options: Mapping[str, Any], place: tuple[str, ...]) -> Any:
+    for key in place:
+        if not isinstance(options, Mapping):
+            return None
+        options = options.get(key)
+    return options
+
+
+def _secret_places(options: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Where ``without_secrets`` removes something: each credential's path of keys."""
+    if not isinstance(options, Mapping):
+        return []
+    places = []
+    for k, v in options.items():
+        if _SECRET.search(str(k)):
+            if v not in (None, ""):
+                places.append((*prefix, str(k)))
+        else:
+            places.extend(_secret_places(v, (*prefix, str(k))))
+    return places

@@ -22,8 +22,8 @@ class ModelStage(Stage):
 
     spec: ModelSpec = field(default_factory=lambda: ModelSpec("unset"))
     family: str = ""  # the architecture (whisper, blip2, clip, llm): how tiny builds and conversions go
-    cache_dir: str = ""
-    storage_options: Mapping[str, Any] = field(default_factory=dict)
+    cache_dir: str = ""  # "": the cache of the node the model loads on (``default_cache_dir`` there)
+    storage_options: Mapping[str, Any] = field(default_factory=dict)  # without credentials: see ``setup``
 
     @property
     def model_name(self) -> str:
@@ -31,10 +31,14 @@ class ModelStage(Stage):
         return f"{self.spec.ref}@{self.spec.revision}" if self.spec.revision else self.spec.ref
 
     def setup(self, device: str) -> None:
+        """Load the model, on the node this runs on: into that node's cache unless ``cache_dir`` names one,
+        reading a remote ref with the credentials of this worker's environment (the run's runtime env)."""
+        from pipeline.config import default_cache_dir
         from pipeline.models.store import resolve
 
-        path = resolve(self.spec.ref, self.family, self.cache_dir, self.spec.revision, dict(self.storage_options))
-        self.model = self.load(path, device)
+        cache = self.cache_dir or str(default_cache_dir())
+        self.model_path = resolve(self.spec.ref, self.family, cache, self.spec.revision, dict(self.storage_options))
+        self.model = self.load(self.model_path, device)
 
     def load(self, path: str, device: str) -> Any:
         raise NotImplementedError

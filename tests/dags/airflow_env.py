@@ -42,10 +42,6 @@ def configure() -> None:
             "AIRFLOW__OPENLINEAGE__NAMESPACE": "reelscope-tests",
         }
     )
-    # Ray reads its authentication mode once, when first imported: with a token on this machine, every Ray
-    # process and job client of the session authenticates with it (see ray_head.py).
-    if (Path.home() / ".ray" / "auth_token").exists():
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
 def lineage_events() -> list[dict]:

@@ -19,8 +19,8 @@ def airflow_db():
 
 
 @pytest.fixture(scope="session")
-def ray_head(model_cache):
-    """A Ray cluster with a dashboard for Ray Jobs (``ray_head.RayHead``), shared by the session."""
-    from ray_head import shared_head
+def ray_jobs(model_cache):
+    """A Ray cluster taking Ray Jobs (``tests.cluster.LoopbackCluster``), shared by the session."""
+    from ray_jobs import shared_cluster
 
-    return shared_head(model_cache)
+    return shared_cluster(model_cache)

@@ -1,8 +1,11 @@
-"""Both DAGs end to end with ``dag.test()``: tiny models, the session's Ray, a real S3 endpoint on loopback.
+"""Both DAGs end to end with ``dag.test()``: tiny models, a real S3 endpoint on loopback, the session's Ray
+in the task, or a Ray cluster of its own that runs the whole run as one Ray Job while the task is deferred.
 
-The archive run reaches S3 through an Airflow AWS connection, the daily run through the ``AWS_*``
+The archive runs reach S3 through an Airflow AWS connection, the daily run through the ``AWS_*``
 environment; the session's Ray workers, started before either was set, see neither, so what reaches them
-travels in the run's storage options.
+travels in the run's storage options; the Ray cluster's environment has no credentials, so what reaches its
+job travels in the job's runtime environment. What the runs publish is read back as Airflow asset events
+(from the metadata DB) and OpenLineage events (from the provider's file transport).
 """
 import datetime as dt
 import json
@@ -11,8 +14,10 @@ import fsspec
 import pyarrow.dataset as ds
 import pytest
 
-from airflow_env import REPO
+from airflow_env import REPO, lineage_events
 from pipeline.store import Output, open_snapshot, read_commits
+
+TABLES = ("videos", "keyframes", "segments", "summaries")
 
 UTC = dt.timezone.utc
 pytestmark = pytest.mark.usefixtures("airflow_db", "ray_session")
@@ -56,6 +61,34 @@ def _states(dr):
     return sorted((ti.task_id, ti.map_index, ti.state) for ti in dr.get_task_instances())
 
 
+def _asset_events(dr) -> dict[str, list]:
+    """The asset events the DAG run's tasks emitted, by the table they update: (alias, extra) each."""
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        events = session.query(AssetEvent).filter_by(source_dag_id=dr.dag_id, source_run_id=dr.run_id).all()
+        found: dict[str, list] = {}
+        for e in events:
+            assert e.source_task_id == "validate_and_publish", e.source_task_id
+            found.setdefault(e.asset.uri, []).append(([a.name for a in e.source_aliases], e.extra))
+    return found
+
+
+def _lineage(dr, task_id) -> dict:
+    """The OpenLineage COMPLETE event of the DAG run's task."""
+    (event,) = [e for e in lineage_events() if e["eventType"] == "COMPLETE"
+                and e["job"]["name"] == f"{dr.dag_id}.{task_id}"
+                and e["run"]["facets"]["airflow"]["dagRun"]["run_id"] == dr.run_id]
+    return event
+
+
+def _outputs(event) -> dict[str, str | None]:
+    """An OpenLineage event's outputs: their names, with their versions."""
+    return {f"{o['namespace']}/{o['name']}": o["facets"].get("version", {}).get("datasetVersion")
+            for o in event["outputs"]}
+
+
 def _videos(uri, opts, partition=None):
     # The DAG rewrote objects this process has listed before: forget s3fs's cached listings and ETags.
     fsspec.filesystem("s3", **opts).invalidate_cache()
@@ -78,7 +111,9 @@ def test_archive_sweep_then_rerun(dags, samples, s3, monkeypatch):
 
     dr = dags["reelscope_archive"].test(run_conf=conf)
     assert dr.state == "success", _states(dr)
-    assert [s for s in _states(dr) if s[0] == "run_shard"] == [("run_shard", 0, "success"), ("run_shard", 1, "success")]
+    shards = dr.get_task_instance("run_plan").xcom_pull(task_ids="run_plan", key="shards")
+    assert [(s["videos"], s["committed_before"]) for s in shards] == [(2, False), (1, False)]
+    assert sum(s["ok"] for s in shards) == 2 and sum(s["failed"] for s in shards) == 1
     rows, out = _videos(f"s3://{bucket}/tables", opts)
     assert len(rows) == 3 and sorted(r[2] for r in rows) == ["failed", "ok", "ok"]
     assert {t: out.read(t).num_rows > 0 for t in ("keyframes", "segments", "summaries")} == dict.fromkeys(
@@ -91,12 +126,28 @@ def test_archive_sweep_then_rerun(dags, samples, s3, monkeypatch):
     assert ("maintain", -1, "success") in _states(dr)
     assert len(Output(f"s3://{bucket}/tables", opts).table("keyframes").file_uris()) == 1
 
-    # Nothing new: no shard to map, the run is still validated and published, the rows stay as they were.
+    # Published: each table's asset updated once, through the DAG's alias, with the version published.
+    events = _asset_events(dr)
+    assert sorted(events) == [f"s3://{bucket}/tables/{t}" for t in sorted(TABLES)]
+    for table in TABLES:
+        ((aliases, extra),) = events[f"s3://{bucket}/tables/{table}"]
+        assert aliases == ["reelscope_archive.tables"] and extra["table"] == table
+        assert extra["version"] == manifest["versions"][table] and extra["run_id"] == dr.run_id
+    # OpenLineage: the input read, the four tables written at the versions published, the models that ran.
+    lineage = _lineage(dr, "validate_and_publish")
+    assert lineage["inputs"][0]["namespace"] == f"s3://{bucket}" and lineage["inputs"][0]["name"] == "archive"
+    assert _outputs(lineage) == {f"s3://{bucket}/tables/{t}": str(manifest["versions"][t]) for t in TABLES}
+    assert lineage["run"]["facets"]["reelscope_models"]["models"]["asr"]["ref"] == "tiny:whisper"
+    assert set(_outputs(_lineage(dr, "run_plan"))) == set(_outputs(lineage))
+    assert _lineage(dr, "list_and_shard")["inputs"] == lineage["inputs"]
+
+    # Nothing new: no shard to run, the run is still validated, the rows stay, and no asset is updated.
     again = dags["reelscope_archive"].test(run_conf=conf)
     assert again.state == "success", _states(again)
-    assert ("run_shard", -1, "skipped") in _states(again)
+    assert again.get_task_instance("run_plan").xcom_pull(task_ids="run_plan", key="shards") == []
     assert _videos(f"s3://{bucket}/tables", opts)[0] == rows
     assert len(fs.glob(f"{bucket}/tables/_runs/*.json")) == 2
+    assert _asset_events(again) == {}
 
 
 def test_daily_interval_and_its_replacement(dags, samples, s3, monkeypatch):
@@ -130,6 +181,11 @@ def test_daily_interval_and_its_replacement(dags, samples, s3, monkeypatch):
     manifest = json.loads(fs.cat(runs[-1]))
     assert manifest["inputs"] == 2 and manifest["videos"] == {"ok": 2, "failed": 0}
     assert manifest["partition"] == "dt=2026-11-22" and manifest["interval"][0].startswith("2026-11-22T00:00:00")
+    # Each replacement updated the assets, after its publish commit, saying which partition it replaced.
+    for run, versions in ((dr, published[0]), (again, published[1])):
+        (aliases, extra), = _asset_events(run)[f"s3://{bucket}/tables/videos"]
+        assert aliases == ["reelscope_daily.tables"] and extra["partition"] == "dt=2026-11-22"
+        assert extra["version"] == versions
 
 
 def test_a_failed_run_frees_its_output_for_the_next(dags, samples, tmp_path):
@@ -142,7 +198,50 @@ def test_a_failed_run_frees_its_output_for_the_next(dags, samples, tmp_path):
     dr = dags["reelscope_archive"].test(run_conf=conf)
     states = {(t, i): s for t, i, s in _states(dr)}
     assert dr.state == "failed", states
-    assert states[("validate_and_publish", -1)] == "upstream_failed"
+    assert states[("run_plan", -1)] == "failed" and states[("validate_and_publish", -1)] == "upstream_failed"
     # The teardown ran anyway, and did not make the run look successful: the next run may plan at once.
     assert states[("release_output", -1)] == "success"
     assert list_and_shard(conf["input_uri"], conf["output_uri"], "the-next-run")["pending"] == 3  # with broken.mp4
+
+
+def test_archive_as_one_ray_job(dags, samples, s3, ray_jobs, monkeypatch, caplog):
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    from operators.ray_job import submission_id
+    from ray_jobs import connection
+
+    bucket, opts = s3
+    videos, broken = samples
+    fs = fsspec.filesystem("s3", **opts)
+    _upload(fs, [*videos, broken], f"{bucket}/archive")
+    # Credentials only this connection knows (moto takes any): the job can reach S3 only if they reach it.
+    conn = {"conn_type": "aws", "login": "job-key-id", "password": "job-secret-key",
+            "extra": {"endpoint_url": opts["client_kwargs"]["endpoint_url"]}}
+    monkeypatch.setenv("AIRFLOW_CONN_REELSCOPE_S3", json.dumps(conn))
+    monkeypatch.setenv("AIRFLOW_CONN_RAY_TEST", connection(ray_jobs))
+    conf = {"input_uri": f"s3://{bucket}/archive/", "output_uri": f"s3://{bucket}/tables/", "shard_size": 2,
+            "aws_conn_id": "reelscope_s3", "ray_conn_id": "ray_test", "storage_options": {}}
+
+    with caplog.at_level("INFO"):
+        dr = dags["reelscope_archive"].test(run_conf=conf)
+    assert dr.state == "success", _states(dr)
+    # One job for the whole run, named by the run and the task's try; the task deferred while it ran.
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "[DAG TEST] running trigger in line" in logged
+    job_id = submission_id(dr.dag_id, dr.run_id, "run_plan", -1, 1)
+    jobs = JobSubmissionClient(ray_jobs.dashboard_url, headers=ray_jobs.headers())
+    info = jobs.get_job_info(job_id)
+    assert info.status == JobStatus.SUCCEEDED and info.entrypoint.startswith("python -m pipeline.orchestrate run-plan")
+    assert info.runtime_env["env_vars"]["AWS_SECRET_ACCESS_KEY"] == "job-secret-key"
+    assert "job-secret-key" not in info.entrypoint and "job-secret-key" not in logged
+    assert "job-secret-key" not in jobs.get_job_logs(job_id)
+
+    shards = dr.get_task_instance("run_plan").xcom_pull(task_ids="run_plan", key="shards")
+    assert [(s["videos"], s["committed_before"]) for s in shards] == [(2, False), (1, False)]
+    rows, _ = _videos(f"s3://{bucket}/tables", opts)
+    assert sorted(r[2] for r in rows) == ["failed", "ok", "ok"]
+    # The task that resumed after the job reports what the job wrote, at the versions its commits left.
+    shard_commits = [c for c in read_commits(Output(f"s3://{bucket}/tables", opts)) if c.kind == "shard"]
+    committed = {t: str(v) for t, v in max(shard_commits, key=lambda c: c.versions["videos"]).versions.items()}
+    assert _outputs(_lineage(dr, "run_plan")) == {f"s3://{bucket}/tables/{t}": committed[t] for t in TABLES}
+    assert sorted(_asset_events(dr)) == [f"s3://{bucket}/tables/{t}" for t in sorted(TABLES)]

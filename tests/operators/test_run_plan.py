@@ -1,6 +1,6 @@
-"""RunPlanOperator's Ray Jobs path, piece by piece, against a real Ray head with its dashboard: the job it
-submits (and what never goes into it), the trigger that waits for it, and what the task does when the job
-ends. tests/dags runs the whole of it in a DAG run."""
+"""RunPlanOperator's Ray Jobs path, piece by piece, against a real Ray cluster with its dashboard and token
+auth: the job it submits (and what never goes into it), the trigger that waits for it, and what the task does
+when the job ends. tests/dags runs the whole of it in a DAG run."""
 import asyncio
 import json
 import logging
@@ -42,9 +42,12 @@ def _wait_terminal(client, job_id, timeout=60):
 
 
 @pytest.fixture
-def jobs(ray_head, monkeypatch):
-    monkeypatch.setenv("AIRFLOW_CONN_RAY_TEST", ray_head.address)
-    return JobSubmissionClient(ray_head.address)
+def jobs(ray_jobs, monkeypatch):
+    """A job client of the session's cluster, which the connection ``ray_test`` names (token and all)."""
+    from ray_jobs import connection
+
+    monkeypatch.setenv("AIRFLOW_CONN_RAY_TEST", connection(ray_jobs))
+    return JobSubmissionClient(ray_jobs.dashboard_url, headers=ray_jobs.headers())
 
 
 @pytest.fixture
@@ -78,25 +81,26 @@ def test_credentials_travel_in_the_runtime_env_and_never_in_the_entrypoint():
     assert job_request("p", {"client_kwargs": {"endpoint_url": "http://minio:9000"}})[1] == {}
 
 
-def test_the_trigger_fires_once_the_job_has_ended(jobs, ray_head):
+def test_the_trigger_fires_once_the_job_has_ended(jobs, ray_jobs):
     done = jobs.submit_job(entrypoint="python -c \"print('the job ran')\"")
-    trigger = RayJobTrigger(ray_head.address, done, poll_interval=1)
+    trigger = RayJobTrigger("ray_test", done, poll_interval=1)
     classpath, kwargs = trigger.serialize()  # what the triggerer rebuilds it from
-    assert classpath == "operators.ray_job.RayJobTrigger"
+    # Rebuilt from its arguments, which name the connection; its token is read where the trigger runs.
+    assert classpath == "operators.ray_job.RayJobTrigger" and ray_jobs.env()["RAY_AUTH_TOKEN"] not in json.dumps(kwargs)
     assert _event(RayJobTrigger(**kwargs)) == {"submission_id": done, "status": "SUCCEEDED", "message": ""}
 
 
-def test_the_trigger_stops_its_job_at_the_deadline_and_when_killed(jobs, ray_head):
+def test_the_trigger_stops_its_job_at_the_deadline_and_when_killed(jobs):
     late, killed = (jobs.submit_job(entrypoint="sleep 120") for _ in range(2))
-    event = _event(RayJobTrigger(ray_head.address, late, poll_interval=0.5, deadline=time.time() + 1))
+    event = _event(RayJobTrigger("ray_test", late, poll_interval=0.5, deadline=time.time() + 1))
     assert event["status"] == "TIMEOUT" and _wait_terminal(jobs, late) == JobStatus.STOPPED
-    asyncio.run(RayJobTrigger(ray_head.address, killed).on_kill())  # a user marked the deferred task failed
+    asyncio.run(RayJobTrigger("ray_test", killed).on_kill())  # a user marked the deferred task failed
     assert _wait_terminal(jobs, killed) == JobStatus.STOPPED
 
 
-def test_a_failed_job_fails_the_task_with_its_last_log_lines(jobs, ray_head, plan):
+def test_a_failed_job_fails_the_task_with_its_last_log_lines(jobs, plan):
     failed = jobs.submit_job(entrypoint="python -c \"import sys; print('boom: no GPU here'); sys.exit(3)\"")
-    event = _event(RayJobTrigger(ray_head.address, failed, poll_interval=0.5))
+    event = _event(RayJobTrigger("ray_test", failed, poll_interval=0.5))
     assert event["status"] == "FAILED"
     op = RunPlanOperator(task_id="run_plan", plan_uri=plan, ray_conn_id="ray_test")
     with pytest.raises(RuntimeError, match=f"(?s)Ray job {failed} ended FAILED; its last log lines:\n.*boom: no GPU"):

@@ -208,3 +208,49 @@ def test_a_second_run_of_the_process_reuses_its_pools_and_one_with_other_stages_
         with pytest.raises(ray.exceptions.RayActorError):
             ray.get(worker.handle.setup.remote(), timeout=30)
     release_parked()
+
+
+@dataclass
+class _DeviceStage(Stage):
+    """Loads onto the device it is given, for real: on ``cuda`` where torch has none, that raises."""
+
+    def setup(self, device: str) -> None:
+        import torch
+
+        self.model = torch.zeros(1, device=device)
+
+
+def test_a_gpu_actor_where_torch_sees_no_gpu_runs_on_cpu_instead_of_ending_the_run(ray_session):
+    """Ray places GPU actors on nodes that declare GPUs (``--num-gpus``) whether torch can use them or not
+    (none there, a broken driver): the actor says so and loads on CPU (torch.load of a CUDA checkpoint
+    there raised and ended the run)."""
+    from pipeline.executor.actor import StageActor
+
+    actor = ray.remote(StageActor).options(num_cpus=0.25).remote(_DeviceStage(name="asr"), "cuda", 1)
+    try:
+        ready = ray.get(actor.setup.remote())
+    finally:
+        ray.kill(actor)
+    assert ready.device == "cpu"
+
+
+def test_cuda_asked_of_a_cluster_without_gpus_is_one_line(ray_session):
+    from pipeline.executor import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="device=cuda was asked for, but the Ray cluster has no GPU"):
+        RayExecutor(_Marking(name="decode"), [_Marking(name="m")], device="cuda").start()
+
+
+def test_pools_are_rebalanced_towards_the_slowest_stage_by_measured_cost(ray_session):
+    """Both stages start equal (nothing measured yet); once each has finished videos, the one that costs
+    eight times more per video gets more of the CPUs."""
+    executor = RayExecutor(
+        _Marking(name="decode", poison="-"),
+        [_Marking(name="slow", sleep_s=0.4, batch_size=1), _Marking(name="fast", sleep_s=0.05, batch_size=1)],
+        cpu_actor_cpus=0.25, rebalance_s=1.0,
+    )
+    (shard,) = _run(executor, [_tasks([f"v{i}" for i in range(30)])])
+    report = executor.report()
+    assert all(t.ok for t in shard)
+    assert report["slow"]["actors"] > report["fast"]["actors"], report
+    assert executor.target["slow"] > executor.target["fast"], executor.target
