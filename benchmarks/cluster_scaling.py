@@ -27,6 +27,7 @@ Not part of the test suite.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import logging
 import os
@@ -37,6 +38,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import ray.cloudpickle
 
 from pipeline.config import Resources
@@ -64,6 +66,8 @@ RESULT = "RESULT "  # the driver's last line: this, then its measurements as JSO
 
 @dataclass
 class TracedTask(VideoTask):
+    """A task that carries where and when each stage worked on it."""
+
     spans: list[tuple[str, str, str, float, float]] = field(default_factory=list)  # stage, node, worker, start, end
 
 
@@ -92,10 +96,6 @@ def _shards(prefix: str, videos: int, size: int) -> list[list[TracedTask]]:
 
 def drive(videos: int, shard_size: int, nodes: int) -> dict:
     """In a driver on the cluster (``RAY_ADDRESS``): run the videos through the executor, return the spans."""
-    import inspect
-
-    import psutil
-
     from pipeline.executor import RayExecutor, ensure_ray
 
     ensure_ray()

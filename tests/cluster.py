@@ -29,7 +29,9 @@ Why it is built the way it is (Ray 2.60, found on this machine):
   /proc; drivers started with ``env()`` carry the cluster's). Killing a node SIGKILLs its group and all of
   these, then checks that none is left: its workers would otherwise linger a second or two, until they
   notice the lost raylet. Nothing else on the machine is touched: never ``ray stop``.
-- The head's GCS declares a node dead after missed health checks, 15 s or more by default; here about 5 s.
+- The head's GCS declares a node dead after missed health checks, 15 s or more by default; here 5 to 10 s.
+- A driver without the cluster's auth (or with another token) does not fail fast: ``ray.init`` retries for
+  some 20 s, then raises ConnectionError. The dashboard answers 401 without a token, 403 with a wrong one.
 """
 from __future__ import annotations
 

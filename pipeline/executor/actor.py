@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass
 
@@ -54,7 +55,7 @@ def usable_device(device: str) -> str:
     with ``--num-gpus`` where there are none, a broken driver): then ``cpu``, saying so once."""
     if device != "cuda":
         return device
-    import torch
+    import torch  # only asked of GPU actors, which load torch models anyway
 
     if torch.cuda.is_available():
         return device
@@ -73,17 +74,13 @@ class StageActor:
         self.threads = threads
 
     def setup(self) -> Ready:
-        from transformers.utils import logging as hf_logging
-
-        import torch
-
-        # Per-load progress bars from every actor would drown the run's own progress.
-        hf_logging.disable_progress_bar()
-        # The actor's share of its node's CPUs, not every core: the other stages and the decodes run at once.
-        torch.set_num_threads(self.threads)
         self.device = usable_device(self.device)
         start = time.perf_counter()
         self.stage.setup(self.device)
+        torch = sys.modules.get("torch")  # a stage without torch need not pay for importing it
+        if torch is not None:
+            # The actor's share of its node's CPUs, not every core: other stages and the decodes run at once.
+            torch.set_num_threads(self.threads)
         dim = getattr(getattr(self.stage, "model", None), "dim", None)
         return Ready(node_id(), self.device, time.perf_counter() - start, dim)
 

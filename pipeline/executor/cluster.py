@@ -22,16 +22,12 @@ SHARED_FS_ENV = "REELSCOPE_SHARED_FS"  # "1": local paths are mounted at the sam
 CONNECT_TIMEOUT_S = 5.0  # how long a cluster's address may take to accept a connection
 _JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # what Ray Jobs give their entrypoint: the job's settings
 
-_joined = False  # whether this process joined a cluster that outlives it (else it started its own Ray)
 _env_vars: dict[str, str] = {}  # what this run's workers need in their environment (credentials)
 
 
 class ClusterError(ConfigError):
     """The Ray cluster cannot be joined; the message is one line meant for the user."""
 
-
-def joined() -> bool:
-    return _joined
 
 
 def ensure_ray(
@@ -46,7 +42,7 @@ def ensure_ray(
     """
     import ray
 
-    global _joined, _env_vars
+    global _env_vars
     _env_vars = dict(env_vars or {})
     if ray.is_initialized():
         return
@@ -54,7 +50,6 @@ def ensure_ray(
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         _join(address, runtime_env)
-        _joined = True
     else:
         ray.init(
             num_cpus=os.cpu_count(),

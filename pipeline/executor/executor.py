@@ -7,6 +7,7 @@ videos it held a retry (``recovery``), never the run.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from typing import Callable, Iterator
 
 from pipeline.config import Limits
 from pipeline.executor.actor import decode
+from pipeline.executor.cluster import worker_runtime_env
 from pipeline.executor.loop import ModelLoadError, Scheduler
 from pipeline.executor.pools import StagePool
 from pipeline.executor.sizing import Demand, Node, alive_nodes, bottleneck_s, decode_slots, decode_reserve, widths
@@ -54,7 +56,9 @@ class RayExecutor:
         self.auto = self.device == "auto"  # then the pools follow the GPUs there are (a GPU node lost, or one back)
         self.device = device
         # One retry: a worker that dies twice on the same video will die every time.
-        self.decode_fn = ray.remote(decode).options(num_cpus=self.decoder.resources.cpus, max_retries=1)
+        self.decode_fn = ray.remote(decode).options(
+            num_cpus=self.decoder.resources.cpus, max_retries=1, runtime_env=worker_runtime_env()
+        )
         self.nodes = {n.id: n for n in nodes}
         self.slots = decode_slots(nodes, self.decoder.resources.cpus)
         self.setups: dict[object, tuple[StagePool, object]] = {}
@@ -82,8 +86,10 @@ class RayExecutor:
         pool.peak = len(pool.workers)
         return pool
 
-    def _key(self, stage: Stage) -> tuple[str, str]:
-        return repr(stage), self.device
+    def _key(self, stage: Stage) -> tuple[str, str, str]:
+        """What a parked pool must match to be taken over: the stage, the device, and the environment its
+        workers were given (credentials rotated since: new workers)."""
+        return repr(stage), self.device, hashlib.sha256(repr(worker_runtime_env()).encode()).hexdigest()
 
     def _pool(self, stage: Stage, nodes: list[Node]) -> StagePool:
         pool = StagePool(stage, self.device, 0.0, 0.0)

@@ -54,9 +54,11 @@ class StagePool:
     def add(self) -> Worker:
         import ray
 
-        actor = ray.remote(StageActor).options(num_cpus=self.cpus, num_gpus=self.gpus, max_restarts=0).remote(
-            self.stage, self.device, threads_for(self.cpus)
-        )
+        from pipeline.executor.cluster import worker_runtime_env
+
+        actor = ray.remote(StageActor).options(
+            num_cpus=self.cpus, num_gpus=self.gpus, max_restarts=0, runtime_env=worker_runtime_env()
+        ).remote(self.stage, self.device, threads_for(self.cpus))
         worker = Worker(actor, actor.setup.remote())
         self.workers.append(worker)
         self.peak = max(self.peak, len(self.workers))

@@ -33,9 +33,13 @@ class ModelStage(Stage):
     def setup(self, device: str) -> None:
         """Load the model, on the node this runs on: into that node's cache unless ``cache_dir`` names one,
         reading a remote ref with the credentials of this worker's environment (the run's runtime env)."""
+        from transformers.utils import logging as hf_logging
+
         from pipeline.config import default_cache_dir
         from pipeline.models.store import resolve
 
+        # Per-load progress bars from every actor would drown the run's own progress.
+        hf_logging.disable_progress_bar()
         cache = self.cache_dir or str(default_cache_dir())
         self.model_path = resolve(self.spec.ref, self.family, cache, self.spec.revision, dict(self.storage_options))
         self.model = self.load(self.model_path, device)

@@ -124,17 +124,17 @@ def _run(executor: RayExecutor, shards: list[list[VideoTask]]) -> list[list[Vide
 
 
 def test_one_large_shard_keeps_every_worker_of_a_pool_busy(ray_session):
-    """Least-busy dispatch over small batches: a single shard of 12 videos is spread over the pool's
+    """Least-busy dispatch over small batches: a single shard of 24 videos is spread over the pool's
     workers (the old executor sent a driver's one call per stage to the last actor of the pool)."""
     executor = RayExecutor(_Marking(name="decode", poison="-"), [_Marking(name="slow", sleep_s=0.3, batch_size=1, record=True)],
                            max_actors=3, cpu_actor_cpus=0.25)
-    (shard,) = _run(executor, [_tasks([f"v{i}" for i in range(12)])])
+    (shard,) = _run(executor, [_tasks([f"v{i}" for i in range(24)])])
     by_worker = Counter(t.models["slow"].split("/")[0] for t in shard)
-    # Three workers started; those that loaded in time shared the videos (on a loaded machine the third may
-    # come up after the others have done them all).
-    assert all(t.ok for t in shard) and len(by_worker) >= 2 and min(by_worker.values()) >= 3, by_worker
+    # Three workers started; those that loaded in time shared the videos (on a loaded machine one may come up
+    # after the others have done them all).
+    assert all(t.ok for t in shard) and len(by_worker) >= 2 and sorted(by_worker.values())[-2] >= 4, by_worker
     report = executor.report()["slow"]
-    assert report["actors"] == 3 and report["videos"] == 12
+    assert report["actors"] == 3 and report["videos"] == 24
 
 
 def test_torch_threads_follow_the_actors_cpu_share(ray_session):
@@ -143,13 +143,13 @@ def test_torch_threads_follow_the_actors_cpu_share(ray_session):
 
 
 def test_a_decode_time_limit_runs_from_the_videos_own_start(ray_session):
-    """Twelve decodes of 0.6 s each on the CPUs kept for decodes take longer than the 4 s limit in all, and
-    none of them alone: none fails (the old limit ran from the shard's admission)."""
-    limits = Limits(stage_s=30.0, stage_s_per_media_s=0.0, decode_s=4.0)
+    """Sixteen decodes of 0.6 s each on the CPUs this Ray has left for them take longer than the 3 s limit
+    in all, and none of them alone: none fails (the old limit ran from the shard's admission)."""
+    limits = Limits(stage_s=30.0, stage_s_per_media_s=0.0, decode_s=3.0)
     executor = RayExecutor(_Marking(name="decode", poison="-", sleep_s=0.6), [_Marking(name="m")], limits=limits)
     started = time.perf_counter()
-    (shard,) = _run(executor, [_tasks([f"v{i}" for i in range(12)])])
-    assert time.perf_counter() - started > 4.0
+    (shard,) = _run(executor, [_tasks([f"v{i}" for i in range(16)])])
+    assert time.perf_counter() - started > 3.0
     assert all(t.ok for t in shard), [t.error for t in shard if not t.ok]
 
 
