@@ -13,10 +13,12 @@ were (near 100%, a row measures the machine as much as the executor).
 Every stand-in records on each task where and when it worked (node, worker process, start, end), so the table
 comes from the returned tasks alone, whatever the executor does inside:
 
-    videos/s          videos / wall time of the timed run, which follows one untimed shard per node (models load)
+    videos/s          videos / wall time of the timed run, which follows an untimed run of as many (models load, pools find their widths)
     speed-up          videos/s over the 1-node row's; efficiency = speed-up / nodes (goal >= 0.9)
     bottleneck busy   the model stage whose actors were busiest, and their busy seconds / (wall x its actors
                       seen) (goal >= 95%)
+    steady busy       the same stage's busy share between the first call of its last actor to start and the last
+                      call of its first actor to run out of work: the steady state, without filling and draining
     actors            per model stage, the actors seen working (asr/caption/embedding/summary)
     nodes used        nodes that ran any work
 
@@ -94,17 +96,17 @@ def _shards(prefix: str, videos: int, size: int) -> list[list[TracedTask]]:
     return [tasks[i : i + size] for i in range(0, videos, size)]
 
 
-def drive(videos: int, shard_size: int, nodes: int) -> dict:
+def drive(videos: int, shard_size: int, nodes: int, scale: float = 1.0) -> dict:
     """In a driver on the cluster (``RAY_ADDRESS``): run the videos through the executor, return the spans."""
     from pipeline.executor import RayExecutor, ensure_ray
 
     ensure_ray()
-    decoder = Sleeping(name="decode", seconds_per_video=DECODE[0], resources=DECODE[1], batch_size=1)
-    stages = [Sleeping(name=n, seconds_per_video=s, resources=r, batch_size=BATCH) for n, (s, r) in STAGES.items()]
+    decoder = Sleeping(name="decode", seconds_per_video=DECODE[0] * scale, resources=DECODE[1], batch_size=1)
+    stages = [Sleeping(name=n, seconds_per_video=s * scale, resources=r, batch_size=BATCH) for n, (s, r) in STAGES.items()]
     executor = RayExecutor(decoder, stages)
     executor.start()
     try:
-        list(executor.run_shards(_shards("warm", shard_size * nodes, shard_size)))
+        list(executor.run_shards(_shards("warm", videos, shard_size)))  # models load, pools find their widths
         cpu_before, start = psutil.cpu_times(), time.time()
         done = [t for shard in executor.run_shards(_shards("v", videos, shard_size)) for t in shard]
         wall, cpu_after = time.time() - start, psutil.cpu_times()
@@ -128,6 +130,7 @@ class Row:
     videos: int
     wall_s: float
     stages: dict[str, tuple[float, int]]  # model stage -> (busy share, actors seen)
+    steady: dict[str, float]  # model stage -> busy share while all its actors were up and had work
     nodes_used: int
     host_cpu: float
     executor: str
@@ -139,13 +142,30 @@ class Row:
 
 def summarize(nodes: int, result: dict) -> Row:
     wall = result["wall_s"]
-    stages = {}
+    stages, steady = {}, {}
     for name in STAGES:
         spans = [s for s in result["spans"] if s[0] == name]
         actors = len({s[2] for s in spans})
         stages[name] = (sum(s[4] - s[3] for s in spans) / (wall * actors) if actors else 0.0, actors)
+        steady[name] = steady_share(spans)
     used = len({s[1] for s in result["spans"]})
-    return Row(nodes, result["videos"], wall, stages, used, result["host_cpu"], result["executor"])
+    return Row(nodes, result["videos"], wall, stages, steady, used, result["host_cpu"], result["executor"])
+
+
+def steady_share(spans: list) -> float:
+    """The busy share of a stage's actors between the first call of the last actor to start and the last call
+    of the first actor to run out of work: the run's steady state, without filling and draining the pipe."""
+    by_worker: dict[str, list] = {}
+    for span in spans:
+        by_worker.setdefault(span[2], []).append(span)
+    if not by_worker:
+        return 0.0
+    start = max(min(s[3] for s in own) for own in by_worker.values())
+    end = min(max(s[4] for s in own) for own in by_worker.values())
+    if end <= start:
+        return float("nan")
+    busy = sum(max(0.0, min(s[4], end) - max(s[3], start)) for s in spans)
+    return busy / ((end - start) * len(by_worker))
 
 
 def measure(args: argparse.Namespace) -> list[Row | str]:
@@ -177,7 +197,7 @@ def measure(args: argparse.Namespace) -> list[Row | str]:
 
 def _row(cluster, nodes: int, code: Path, args: argparse.Namespace) -> Row | str:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--drive", "--videos", str(args.videos_per_node * nodes),
-           "--shard-size", str(args.shard_size), "--cluster-nodes", str(nodes)]
+           "--shard-size", str(args.shard_size), "--cluster-nodes", str(nodes), "--scale", str(args.scale)]
     # The driver's working directory goes onto its workers' sys.path (Ray does that): the code's tree.
     try:
         run = subprocess.run(cmd, env=cluster.env(), cwd=code, capture_output=True, text=True, timeout=args.timeout_s)
@@ -195,20 +215,21 @@ def _row(cluster, nodes: int, code: Path, args: argparse.Namespace) -> Row | str
 def table(rows: list[Row | str], nodes: list[int], args: argparse.Namespace) -> str:
     base = next((r for r in rows if isinstance(r, Row) and r.nodes == 1), None)
     lines = [
-        "| nodes | videos | wall s | videos/s | speed-up | efficiency | bottleneck busy | actors a/c/e/s | nodes used "
-        "| host CPU |",
-        "|---:|---:|---:|---:|---:|---:|---|---|---:|---:|",
+        "| nodes | videos | wall s | videos/s | speed-up | efficiency | bottleneck busy | steady busy | actors a/c/e/s "
+        "| nodes used | host CPU |",
+        "|---:|---:|---:|---:|---:|---:|---|---:|---|---:|---:|",
     ]
     for n, row in zip(nodes, rows):
         if isinstance(row, str):
-            lines.append(f"| {n} | {args.videos_per_node * n} | — | — | — | — | {row} | | | |")
+            lines.append(f"| {n} | {args.videos_per_node * n} | — | — | — | — | {row} | | | | |")
             continue
         speedup = row.rate / base.rate if base else float("nan")
         name, (share, actors) = max(row.stages.items(), key=lambda item: item[1][0])
         widths = "/".join(str(a) for _, a in row.stages.values())
         lines.append(
             f"| {n} | {row.videos} | {row.wall_s:.1f} | {row.rate:.1f} | {speedup:.2f} | {speedup / n:.2f} "
-            f"| {name} {share:.0%} ×{actors} | {widths} | {row.nodes_used}/{n} | {row.host_cpu:.0%} |"
+            f"| {name} {share:.0%} ×{actors} | {row.steady[name]:.0%} | {widths} | {row.nodes_used}/{n} "
+            f"| {row.host_cpu:.0%} |"
         )
     return "\n".join(lines)
 
@@ -220,19 +241,22 @@ def main() -> None:
     parser.add_argument("--shard-size", type=int, default=16)
     parser.add_argument("--code", help="a tree whose pipeline package to run (default: this one)")
     parser.add_argument("--timeout-s", type=float, default=300.0, help="for each driver")
+    parser.add_argument("--scale", type=float, default=5.0,
+                        help="times the costs above (default 5: on 2 host cores, shorter costs measure Ray's own "
+                             "overhead on the host more than the executor)")
     parser.add_argument("--drive", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--videos", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--cluster-nodes", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     if args.drive:
-        print(RESULT + json.dumps(drive(args.videos, args.shard_size, args.cluster_nodes)), flush=True)
+        print(RESULT + json.dumps(drive(args.videos, args.shard_size, args.cluster_nodes, args.scale)), flush=True)
         return
 
     args.nodes = sorted(set(args.nodes))
     rows = measure(args)
     executor = next((r.executor for r in rows if isinstance(r, Row)), "?")
-    costs = ", ".join(f"{n} {s:g} s" for n, (s, _) in {"decode": DECODE, **STAGES}.items())
+    costs = ", ".join(f"{n} {s * args.scale:g} s" for n, (s, _) in {"decode": DECODE, **STAGES}.items())
     print(f"\n{executor}; nodes of {NODE_CPUS} CPUs and {NODE_GPUS} GPUs (declared), a --num-cpus 0 head; "
           f"{costs} a video, batches of {BATCH}, shards of {args.shard_size}; {os.cpu_count()} host cores\n")
     print(table(rows, args.nodes, args))

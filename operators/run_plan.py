@@ -69,8 +69,7 @@ class RunPlanOperator(BaseOperator):
     def execute_complete(self, context, event: dict) -> dict:
         """Resumed by the trigger once the job has ended: the run's outcome, or the job's last log lines."""
         from operators.ray_job import log_tail
-        from pipeline.orchestrate import run_result_path
-        from pipeline.store import open_output
+        from pipeline.orchestrate import read_record, run_result_path
         from schemas.run import RunResult
 
         job_id, status = event["submission_id"], event["status"]
@@ -80,8 +79,8 @@ class RunPlanOperator(BaseOperator):
                                f"{log_tail(self._jobs(), job_id)}")
         log.info("Ray job %s succeeded", job_id)
         opts = resolve_storage_options(self.aws_conn_id, self.storage_options)
-        fs, path = open_output(run_result_path(str(self.plan_uri)), opts)
-        return self._report(context, self._plan(opts), RunResult.from_json(fs.cat_file(path)).to_dict())
+        result = read_record(run_result_path(str(self.plan_uri)), RunResult, opts)
+        return self._report(context, self._plan(opts), result.to_dict())
 
     def on_kill(self) -> None:
         """Stops a job this try submitted before it deferred (once deferred, the trigger stops it)."""
@@ -105,11 +104,10 @@ class RunPlanOperator(BaseOperator):
         return jobs_client(BaseHook.get_connection(self.ray_conn_id))
 
     def _plan(self, opts: dict):
-        from pipeline.store import open_output
+        from pipeline.orchestrate import read_record
         from schemas.run import RunPlan
 
-        fs, path = open_output(str(self.plan_uri), opts)
-        return RunPlan.from_json(fs.cat_file(path))
+        return read_record(str(self.plan_uri), RunPlan, opts)
 
     def _submit(self, context, opts: dict) -> NoReturn:
         from operators.ray_job import RayJobTrigger, job_request, submission_id

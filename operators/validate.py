@@ -44,8 +44,7 @@ class ValidateAndPublishOperator(_OnPlan):
         from airflow.sdk import Asset, AssetAlias
         from airflow.sdk.exceptions import AirflowFailException
 
-        from pipeline.orchestrate import ValidationError, validate_and_publish
-        from pipeline.store import open_output
+        from pipeline.orchestrate import ValidationError, read_record, validate_and_publish
         from schemas.run import RunManifest, RunPlan
 
         opts = self._options()
@@ -54,10 +53,8 @@ class ValidateAndPublishOperator(_OnPlan):
         except ValidationError as exc:
             # Tables that do not add up stay that way; retrying would only delay the alarm.
             raise AirflowFailException(str(exc)) from exc
-        fs, path = open_output(uri, opts)
-        manifest = RunManifest.from_json(fs.cat_file(path))
-        fs, path = open_output(str(self.plan_uri), opts)
-        self._lineage = (manifest, RunPlan.from_json(fs.cat_file(path)))
+        manifest = read_record(uri, RunManifest, opts)
+        self._lineage = (manifest, read_record(str(self.plan_uri), RunPlan, opts))
         if manifest.processed or manifest.replaced_partition:
             for alias in (o for o in self.outlets if isinstance(o, AssetAlias)):
                 for table, table_uri in manifest.tables.items():

@@ -41,8 +41,7 @@ class Scheduler:
         self.announced: set[tuple[int, int]] = set()
         self.next_out = 0
         self.nodes_seen = 0.0
-        self.started = time.perf_counter()
-        self.loaded = False
+        self.load_wait_since: float | None = None
 
     # -- the loop -------------------------------------------------------------------------------------------
     def run(self) -> Iterator[list[VideoTask]]:
@@ -56,29 +55,46 @@ class Scheduler:
             for s in range(len(self.pools)):
                 self.dispatch(s)
             self.x.rebalance()
-            waiting = [*self.calls, *self.decodes, *self.x.setups]
-            timeout = deadlines.wait_s(list(self.calls.values()), list(self.decodes.values()), time.perf_counter())
-            ready, _ = ray.wait(waiting, num_returns=1, fetch_local=False,
-                                timeout=NODES_EVERY_S if timeout is None else min(timeout, NODES_EVERY_S))
-            if ready:
-                self.handle(ready[0])
-            else:
-                self.expire()
+            self.note_loading()
+            for ref in self.wait():
+                self.handle(ref)
+            self.expire()
             yield from self.finished()
+
+    def wait(self) -> list:
+        """What is ready: the first result, and whatever else is ready by then (the next dispatch serves them
+        all at once); nothing when a time limit passes first, or a second, to look at the nodes again."""
+        import ray
+
+        waiting = [*self.calls, *self.decodes, *self.x.setups]
+        timeout = deadlines.wait_s(list(self.calls.values()), list(self.decodes.values()), time.perf_counter())
+        timeout = NODES_EVERY_S if timeout is None else min(timeout, NODES_EVERY_S)
+        if not waiting:  # nothing under way (every worker of a stage gone, say): look again shortly
+            time.sleep(timeout)
+            return []
+        ready, _ = ray.wait(waiting, num_returns=1, fetch_local=False, timeout=timeout)
+        if ready:
+            ready, _ = ray.wait(waiting, num_returns=len(waiting), fetch_local=False, timeout=0)
+        return ready
 
     def handle(self, ref) -> None:
         if ref in self.x.setups:
             self.x.on_setup(ref)
-            self.note_loaded()
         elif ref in self.decodes:
             self.on_decoded(self.decodes.pop(ref))
         else:
             self.on_call(self.calls.pop(ref))
 
-    def note_loaded(self) -> None:
-        if not self.loaded and all(any(w.ready for w in p.workers) for p in self.pools):
-            self.loaded = True
-            self.x.stage_seconds["load models"] = time.perf_counter() - self.started
+    def note_loading(self) -> None:
+        """``stage_seconds["load models"]``: the time videos waited at a stage none of whose workers had its
+        model loaded yet (at the start, or after all of them were lost)."""
+        starved = any(q and not any(w.ready for w in p.workers) for q, p in zip(self.queues, self.pools))
+        now = time.perf_counter()
+        if starved and self.load_wait_since is None:
+            self.load_wait_since = now
+        elif not starved and self.load_wait_since is not None:
+            self.x.add_seconds("load models", now - self.load_wait_since)
+            self.load_wait_since = None
 
     # -- admission and dispatch -----------------------------------------------------------------------------
     def admit(self) -> None:
@@ -146,7 +162,7 @@ class Scheduler:
 
         try:
             ref = next(d.stream)
-            value = ref if d.meta is not None else ray.get(ref)
+            value = ref if d.due is None or d.meta is not None else ray.get(ref)  # the start's value is not needed
         except (StopIteration, ray.exceptions.RayError) as exc:
             self.decode_failed(d, recovery.worker_died(exc))
             return

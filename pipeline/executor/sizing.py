@@ -1,8 +1,8 @@
 """How many actors each stage gets: the cluster's live nodes, packed by measured cost per video.
 
 Every stage gets one actor first (a run needs them all); then, one at a time, the stage that is slowest
-per actor (measured seconds per video / actors) gets another, on the first node where its CPU and GPU
-shares fit, until nothing fits. Each node keeps CPUs for the decode tasks (``decode_reserve``), so model
+per actor (measured seconds per video / actors) gets another, on the first node where its CPU share and
+its GPU share fit (a fractional share on one GPU, as Ray places it), until nothing fits. Each node keeps CPUs for the decode tasks (``decode_reserve``), so model
 actors, new or replacing lost ones, never starve them.
 """
 from __future__ import annotations
@@ -56,16 +56,13 @@ def decode_slots(nodes: list[Node], decode_cpus: float) -> int:
 
 def widths(demands: list[Demand], nodes: list[Node], decode_cpus: float) -> dict[str, int]:
     """Actors per stage for these nodes (see the module's docstring)."""
-    free = [[n.cpus - decode_reserve(n.cpus, decode_cpus), n.gpus] for n in nodes]
+    free = [_Room(n.cpus - decode_reserve(n.cpus, decode_cpus), n.gpus) for n in nodes]
     count = {d.stage: 0 for d in demands}
 
     def place(d: Demand) -> bool:
-        for room in free:
-            if room[0] + EPS >= d.cpus and room[1] + EPS >= d.gpus:
-                room[0] -= d.cpus
-                room[1] -= d.gpus
-                count[d.stage] += 1
-                return True
+        if any(room.take(d.cpus, d.gpus) for room in free):
+            count[d.stage] += 1
+            return True
         return False
 
     for d in demands:
@@ -75,6 +72,32 @@ def widths(demands: list[Demand], nodes: list[Node], decode_cpus: float) -> dict
         wanting = sorted((d for d in demands if count[d.stage] < d.cap), key=lambda d: -d.cost_s / count[d.stage])
         if not any(place(d) for d in wanting):
             return count
+
+
+class _Room:
+    """What is left of a node: CPUs, and each GPU apart, since Ray puts a fractional share on one GPU."""
+
+    def __init__(self, cpus: float, gpus: float):
+        self.cpus = cpus
+        self.gpus = [1.0] * int(gpus + EPS) + ([gpus - int(gpus + EPS)] if gpus - int(gpus + EPS) > EPS else [])
+
+    def take(self, cpus: float, gpus: float) -> bool:
+        if self.cpus + EPS < cpus:
+            return False
+        if gpus >= 1.0 - EPS:  # whole GPUs
+            whole = [i for i, g in enumerate(self.gpus) if g >= 1.0 - EPS][: round(gpus)]
+            if len(whole) < round(gpus):
+                return False
+            for i in whole:
+                self.gpus[i] = 0.0
+        elif gpus > 0:
+            fits = [i for i, g in enumerate(self.gpus) if g + EPS >= gpus]
+            if not fits:
+                return False
+            best = min(fits, key=lambda i: self.gpus[i])  # the fullest GPU it fits on, as Ray packs them
+            self.gpus[best] -= gpus
+        self.cpus -= cpus
+        return True
 
 
 def bottleneck_s(demands: list[Demand], width: dict[str, int]) -> float:

@@ -6,7 +6,7 @@ same deterministic shards and the same run manifest, and skips the shards its ru
 """
 from pipeline.orchestrate.interval import as_utc, items_in_interval, partition_for_interval
 from pipeline.orchestrate.plan import (
-    build_config, list_and_shard, outcome_table, result_path, run_key, run_plan, run_result_path,
+    build_config, list_and_shard, outcome_table, read_record, result_path, run_key, run_plan, run_result_path,
 )
 from pipeline.orchestrate.storage import (
     merge_storage_options,
@@ -26,6 +26,7 @@ __all__ = [
     "merge_storage_options",
     "outcome_table",
     "partition_for_interval",
+    "read_record",
     "release_run",
     "result_path",
     "run_key",

@@ -23,7 +23,7 @@ import logging
 import posixpath
 import re
 import uuid
-from typing import Any, Mapping
+from typing import Any, Mapping, TypeVar
 
 from pipeline.config import ConfigError, RunConfig, config_from_dict, config_to_dict, load_config
 from pipeline.discover import discover, plan_shards
@@ -39,6 +39,7 @@ from schemas.plan import PlannedItem, ShardPlan
 from schemas.run import Failure, PlannedShard, RunPlan, RunResult, ShardResult, ShardRun
 
 log = logging.getLogger(__name__)
+R = TypeVar("R")
 
 PLANS_DIR = "_plans"
 PLAN_FILE = "plan.json"
@@ -190,6 +191,7 @@ def run_plan(
     ``shards`` (each shard's outcome), ``tables`` and ``versions``."""
     base = merge_storage_options(storage_options_from_env(), storage_options)
     fs, plan_path = open_output(plan_uri, base)
+    fs.invalidate_cache(posixpath.dirname(plan_path))  # an earlier try, elsewhere, may have written results
     plan = RunPlan.from_json(fs.cat_file(plan_path))
     if not plan.config:
         raise ConfigError(f"plan {plan_uri} holds no configuration (an older reelscope listed it): list the run again")
@@ -277,6 +279,14 @@ def outcome_table(shards: list[Mapping[str, Any]]) -> str:
     lines += [row(s["shard_id"], s["videos"], s["ok"], s["failed"], "yes" if s["committed_before"] else "no")
               for s in shards]
     return "\n".join(lines)
+
+
+def read_record(uri: str, record: type[R], storage_options: Mapping[str, Any] | None = None) -> R:
+    """The run record (``schemas.run``: a plan, a result, a manifest) at ``uri`` as it is now: other processes
+    write them, and a listing this process cached (s3fs keeps them per filesystem) must not hide a new one."""
+    fs, path = open_output(uri, storage_options)
+    fs.invalidate_cache(path)
+    return record.from_json(fs.cat_file(path))
 
 
 def result_path(shard: str) -> str:

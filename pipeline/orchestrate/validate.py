@@ -142,7 +142,9 @@ def _validate(output: Output, plan: RunPlan, plan_uri: str, inputs: list[str], f
         if not published:
             log.info("partition %s of %s replaced by run %s", output.partition, plan.output_uri, plan.run_id)
 
-    # Every shard's result at once (concurrent requests on object stores); a shard never run has none.
+    # Every shard's result at once (concurrent requests on object stores); a shard never run has none. Other
+    # processes wrote them: no listing this one cached may hide them.
+    fs.invalidate_cache(plan_dir)
     rpaths = [result_path(posixpath.join(plan_dir, posixpath.basename(s.uri))) for s in plan.shards]
     texts = fs.cat(rpaths, on_error="omit") if rpaths else {}
     outcomes = [ShardOutcome(s.uri, s.shard_id, s.videos, ShardResult.from_json(texts[p]) if p in texts else None)

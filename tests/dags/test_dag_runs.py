@@ -132,7 +132,7 @@ def test_archive_sweep_then_rerun(dags, samples, s3, monkeypatch):
     for table in TABLES:
         ((aliases, extra),) = events[f"s3://{bucket}/tables/{table}"]
         assert aliases == ["reelscope_archive.tables"] and extra["table"] == table
-        assert extra["version"] == manifest["versions"][table] and extra["run_id"] == dr.run_id
+        assert extra["version"] == manifest["versions"][table] and extra["run_id"] == manifest["run_id"]
     # OpenLineage: the input read, the four tables written at the versions published, the models that ran.
     lineage = _lineage(dr, "validate_and_publish")
     assert lineage["inputs"][0]["namespace"] == f"s3://{bucket}" and lineage["inputs"][0]["name"] == "archive"

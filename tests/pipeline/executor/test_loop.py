@@ -67,7 +67,7 @@ def test_shards_come_back_in_order_through_every_stage(ray_session):
         executor.stop()
     assert [[t.video_id for t in shard] for shard in out] == [[t.video_id for t in s] for s in shards]
     assert {t.language for shard in out for t in shard} == {"dxy"} and all(t.ok for s in out for t in s)
-    assert set(executor.stage_seconds) == {"load models", "decode", "x", "y"}
+    assert set(executor.stage_seconds) - {"load models"} == {"decode", "x", "y"}  # load: if videos waited
 
 
 def test_a_worker_killed_by_one_video_fails_that_video_only(ray_session):

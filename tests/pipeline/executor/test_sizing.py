@@ -49,3 +49,11 @@ def test_a_stage_never_gets_more_actors_than_its_batches():
 def test_a_stage_that_fits_nowhere_still_gets_one_actor_to_wait_for():
     width = widths([Demand("big", 4.0, 2.0, 1.0, 8)], [Node("a", 2, 1)], 0.5)
     assert width == {"big": 1}
+
+
+def test_a_fractional_gpu_share_is_placed_on_one_gpu():
+    """Two GPUs with 0.6 taken on each have 0.8 left in all but no room for a 0.5 share."""
+    width = widths([Demand("a", 0.1, 0.6, 1.0, 2), Demand("b", 0.1, 0.5, 5.0, 8)], [Node("n", 8, 2)], 0.5)
+    assert width == {"a": 2, "b": 1} or width == {"a": 1, "b": 2}, width
+    width = widths([Demand("whole", 1, 1.0, 1.0, 8)], [Node("n", 8, 2.5)], 0.5)
+    assert width == {"whole": 2}
