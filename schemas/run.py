@@ -152,6 +152,9 @@ class RunResult(_Record):
     shards: tuple[ShardRun, ...] = ()
     tables: Mapping[str, str] = field(default_factory=dict)
     versions: Mapping[str, int] = field(default_factory=dict)
+    # per stage (decode and each model pool): the Ray nodes that did its work, and for pools their width at
+    # most, videos, model-busy seconds and busy share (``RayExecutor.report``)
+    pools: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,15 @@ def ray_session():
 
 
 @pytest.fixture(scope="session")
+def ray_jobs(model_cache):
+    """A real two-node Ray cluster on loopback that takes Ray Jobs (``tests.ray_jobs``), shared by the
+    session: a head and a worker that declares 2 GPUs."""
+    from tests.ray_jobs import shared_cluster
+
+    return shared_cluster(model_cache)
+
+
+@pytest.fixture(scope="session")
 def s3_endpoint():
     """moto's threaded S3 server on 127.0.0.1, talked to over HTTP (as s3fs's own suite does)."""
     from moto.server import ThreadedMotoServer
@@ -90,7 +99,7 @@ def talk():
 # What a test needs, from the fixtures it uses: the fast lane (`make test-fast`) leaves out the tests that
 # start Ray and load models, read real weights (fetched by `make models`), drive the browser, or run Airflow.
 _NEEDS = {
-    "ray": {"ray_session", "model_cache", "cli_run"},
+    "ray": {"ray_session", "model_cache", "cli_run", "ray_jobs"},
     "weights": {"real_weights", "talk"},
     "airflow": {"airflow_db", "dags"},
 }

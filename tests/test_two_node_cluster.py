@@ -1,6 +1,8 @@
-"""A real two-node Ray cluster on loopback (tests/cluster.py): a head and a worker that declares 2 GPUs (so
-GPU scheduling is exercised; torch finds none there, and the actors say so and run on CPU), each with its
-own temp dir and model cache; S3 is moto's server. The runs go through the CLI in a driver subprocess.
+"""The session's real two-node Ray cluster on loopback (``ray_jobs``: tests/ray_jobs.py, tests/cluster.py): a
+head and a worker that declares 2 GPUs (so GPU scheduling is exercised; torch finds none there, and the
+actors say so and run on CPU), each with its own temp dir and model cache; S3 is moto's server. The runs go
+through the CLI in a driver subprocess (the archive DAG's run on the same cluster, as one Ray Job:
+tests/dags/test_dag_runs.py::test_archive_as_one_ray_job).
 
 - work runs on both nodes (decodes on either, the model pools on the GPU node), one ``videos`` row per input;
 - the worker node is killed mid-run: the run says so in one line, goes on with what is left (on CPU, the
@@ -16,18 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import LoopbackCluster
-
-pytestmark = pytest.mark.ray  # starts Ray, though through no fixture that conftest.py marks by
+from tests.ray_jobs import replace_worker
 
 VIDEOS = 8
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    with LoopbackCluster(tmp_path_factory.mktemp("cluster"), head_cpus=2, timeout_s=180) as cluster:
-        cluster.worker = cluster.add_node(num_cpus=2, num_gpus=2)
-        yield cluster
 
 
 @pytest.fixture
@@ -61,7 +54,8 @@ def _videos(bucket: str, out: str, opts: dict) -> list[dict]:
     return open_snapshot(f"s3://{bucket}/{out}", opts).read("videos").to_pylist()
 
 
-def test_a_run_fills_both_nodes_and_survives_losing_one(cluster, media, s3_endpoint, tmp_path):
+def test_a_run_fills_both_nodes_and_survives_losing_one(ray_jobs, media, s3_endpoint, tmp_path):
+    cluster = ray_jobs
     bucket, opts = media
     run = _cli(cluster, s3_endpoint, bucket, "whole", tmp_path / "driver-cache")
     text, _ = run.communicate(timeout=600)
@@ -72,16 +66,20 @@ def test_a_run_fills_both_nodes_and_survives_losing_one(cluster, media, s3_endpo
     assert sorted(r["uri"] for r in rows) == sorted(f"s3://{bucket}/media/v{n}.mp4" for n in range(VIDEOS))
     assert all(r["status"] == "ok" for r in rows), [r["error"] for r in rows]
 
-    # Again into another output, and the worker node (the only one with GPUs) goes as soon as a shard is in.
+    # Again into another output, and the worker node (the only one with GPUs, so where the model actors are)
+    # goes as soon as its transcriber has videos.
     run = _cli(cluster, s3_endpoint, bucket, "survivor", tmp_path / "driver-cache")
     lines = []
     for line in run.stdout:
         lines.append(line)
-        if "committed" in line:
+        if line.rstrip().endswith(": asr"):
             break
     cluster.kill_node(cluster.worker)
     cluster.wait_node(cluster.worker, alive=False)
-    rest, _ = run.communicate(timeout=600)
+    try:
+        rest, _ = run.communicate(timeout=600)
+    finally:
+        replace_worker(cluster)  # for the session's next users of the cluster
     text = "".join(lines) + rest
     assert run.returncode == 0, text[-4000:]
     lost = [line for line in text.splitlines() if re.search(r"node \w+ lost: \d+ video\(s\) in work there go again", line)]

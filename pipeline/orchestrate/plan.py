@@ -264,6 +264,7 @@ def _record_results(fs, plan: RunPlan, shard_paths: list[str], summary, output: 
     return RunResult(
         run_id=plan.run_id, plan_id=plan.plan_id, totals={**counts, "wall_s": wall_s, "load_s": load_s},
         shards=tuple(shards), tables=table_uris(committed_into), versions=dict(last),
+        pools={stage: dict(pool) for stage, pool in (summary.pools if summary else {}).items()},
     )
 
 

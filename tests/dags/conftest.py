@@ -17,10 +17,3 @@ def airflow_db():
     initdb()
     Pool.create_or_update_pool(GPU_POOL, slots=1, description="reelscope GPU shards", include_deferred=False)
 
-
-@pytest.fixture(scope="session")
-def ray_jobs(model_cache):
-    """A Ray cluster taking Ray Jobs (``tests.cluster.LoopbackCluster``), shared by the session."""
-    from ray_jobs import shared_cluster
-
-    return shared_cluster(model_cache)

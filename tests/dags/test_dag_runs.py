@@ -15,7 +15,9 @@ import pyarrow.dataset as ds
 import pytest
 
 from airflow_env import REPO, lineage_events
+from pipeline.orchestrate.plan import run_result_path
 from pipeline.store import Output, open_snapshot, read_commits
+from schemas.run import RunResult
 
 TABLES = ("videos", "keyframes", "segments", "summaries")
 
@@ -98,16 +100,23 @@ def _videos(uri, opts, partition=None):
     return sorted(zip(*table.to_pydict().values())), snapshot
 
 
-def test_archive_sweep_then_rerun(dags, samples, s3, monkeypatch):
+def _archive_on_s3(s3, samples, monkeypatch, login: str, secret: str):
+    """The samples (and a broken file) under ``archive/``, an AWS connection ``reelscope_s3`` with these credentials,
+    and the archive DAG's conf for them."""
     bucket, opts = s3
     videos, broken = samples
     fs = fsspec.filesystem("s3", **opts)
     _upload(fs, [*videos, broken], f"{bucket}/archive")
-    conn = {"conn_type": "aws", "login": "testing", "password": "testing",
+    conn = {"conn_type": "aws", "login": login, "password": secret,
             "extra": {"endpoint_url": opts["client_kwargs"]["endpoint_url"]}}
     monkeypatch.setenv("AIRFLOW_CONN_REELSCOPE_S3", json.dumps(conn))
-    conf = {"input_uri": f"s3://{bucket}/archive/", "output_uri": f"s3://{bucket}/tables/", "shard_size": 2,
-            "aws_conn_id": "reelscope_s3"}
+    return fs, {"input_uri": f"s3://{bucket}/archive/", "output_uri": f"s3://{bucket}/tables/", "shard_size": 2,
+                "aws_conn_id": "reelscope_s3"}
+
+
+def test_archive_sweep_then_rerun(dags, samples, s3, monkeypatch):
+    bucket, opts = s3
+    fs, conf = _archive_on_s3(s3, samples, monkeypatch, "testing", "testing")
 
     dr = dags["reelscope_archive"].test(run_conf=conf)
     assert dr.state == "success", _states(dr)
@@ -208,19 +217,13 @@ def test_archive_as_one_ray_job(dags, samples, s3, ray_jobs, monkeypatch, caplog
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     from operators.ray_job import submission_id
-    from ray_jobs import connection
+    from tests.ray_jobs import connection
 
     bucket, opts = s3
-    videos, broken = samples
-    fs = fsspec.filesystem("s3", **opts)
-    _upload(fs, [*videos, broken], f"{bucket}/archive")
     # Credentials only this connection knows (moto takes any): the job can reach S3 only if they reach it.
-    conn = {"conn_type": "aws", "login": "job-key-id", "password": "job-secret-key",
-            "extra": {"endpoint_url": opts["client_kwargs"]["endpoint_url"]}}
-    monkeypatch.setenv("AIRFLOW_CONN_REELSCOPE_S3", json.dumps(conn))
+    fs, conf = _archive_on_s3(s3, samples, monkeypatch, "job-key-id", "job-secret-key")
     monkeypatch.setenv("AIRFLOW_CONN_RAY_TEST", connection(ray_jobs))
-    conf = {"input_uri": f"s3://{bucket}/archive/", "output_uri": f"s3://{bucket}/tables/", "shard_size": 2,
-            "aws_conn_id": "reelscope_s3", "ray_conn_id": "ray_test", "storage_options": {}}
+    conf.update(ray_conn_id="ray_test", storage_options={})
 
     with caplog.at_level("INFO"):
         dr = dags["reelscope_archive"].test(run_conf=conf)
@@ -238,6 +241,10 @@ def test_archive_as_one_ray_job(dags, samples, s3, ray_jobs, monkeypatch, caplog
 
     shards = dr.get_task_instance("run_plan").xcom_pull(task_ids="run_plan", key="shards")
     assert [(s["videos"], s["committed_before"]) for s in shards] == [(2, False), (1, False)]
+    # The session's cluster has two nodes (a head, a worker declaring GPUs): the job's pipeline used both.
+    plan = dr.get_task_instance("list_and_shard").xcom_pull(task_ids="list_and_shard", key="plan")
+    result = RunResult.from_json(fs.cat_file(run_result_path(plan)))
+    assert len({node for stage in result.pools.values() for node in stage["nodes"]}) == 2, result.pools
     rows, _ = _videos(f"s3://{bucket}/tables", opts)
     assert sorted(r[2] for r in rows) == ["failed", "ok", "ok"]
     # The task that resumed after the job reports what the job wrote, at the versions its commits left.

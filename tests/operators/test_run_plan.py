@@ -44,7 +44,7 @@ def _wait_terminal(client, job_id, timeout=60):
 @pytest.fixture
 def jobs(ray_jobs, monkeypatch):
     """A job client of the session's cluster, which the connection ``ray_test`` names (token and all)."""
-    from ray_jobs import connection
+    from tests.ray_jobs import connection
 
     monkeypatch.setenv("AIRFLOW_CONN_RAY_TEST", connection(ray_jobs))
     return JobSubmissionClient(ray_jobs.dashboard_url, headers=ray_jobs.headers())
