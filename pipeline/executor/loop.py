@@ -21,6 +21,7 @@ from pipeline.task import VideoTask
 log = logging.getLogger(__name__)
 
 NODES_EVERY_S = 1.0  # how often the cluster's live nodes are looked at
+BATCHES_AN_ACTOR = 4  # a run's videos / (this x a stage's batch) caps the stage's actors
 
 
 class ModelLoadError(RuntimeError):
@@ -47,8 +48,10 @@ class Scheduler:
     def run(self) -> Iterator[list[VideoTask]]:
         import ray
 
+        # An actor is worth loading for a stage only with a few batches of its own to do (a short run keeps one).
         videos, most = len(self.pending), self.x.max_actors or math.inf
-        self.x.resize(caps=[max(1, min(most, math.ceil(videos / p.stage.batch_size))) for p in self.pools], force=True)
+        caps = [max(1, min(most, math.ceil(videos / (BATCHES_AN_ACTOR * p.stage.batch_size)))) for p in self.pools]
+        self.x.resize(caps=caps, force=True)
         while self.next_out < len(self.shards):
             self.watch_nodes()
             self.admit()
