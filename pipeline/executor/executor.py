@@ -191,8 +191,9 @@ class RayExecutor:
         ) from None
 
     # -- nodes ----------------------------------------------------------------------------------------------
-    def node_ids(self, refresh: bool = False) -> set[str]:
-        return {n.id for n in alive_nodes()} if refresh else set(self.nodes)
+    def alive_node_ids(self) -> set[str]:
+        """The nodes alive now (asked of Ray, not the last look)."""
+        return {n.id for n in alive_nodes()}
 
     def nodes_changed(self) -> tuple[set[str], set[str]]:
         """The nodes lost and joined since last looked; the pools follow (workers of a lost node dropped,

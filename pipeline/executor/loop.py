@@ -117,7 +117,7 @@ class Scheduler:
     def decode(self, item: Item) -> None:
         item.step, item.ref = -1, None
         stream = self.x.decode_fn.remote(self.x.decoder, item.task)
-        self.decodes[stream] = Decode(item, stream, time.perf_counter())
+        self.decodes[stream] = Decode(item, stream)
         self.announce(item.shard, self.x.decoder.name)
 
     def dispatch(self, s: int) -> None:
@@ -222,7 +222,7 @@ class Scheduler:
 
     def on_lost_call(self, call: Call, exc: BaseException) -> None:
         pool, worker = self.pools[call.stage], call.worker
-        node_lost = worker.node is not None and worker.node not in self.x.node_ids(refresh=True)
+        node_lost = worker.node is not None and worker.node not in self.x.alive_node_ids()
         if worker.killed_for is call:
             log.warning("%s: a call ran over its time limit; its worker was stopped", pool.name)
         pool.drop(worker)

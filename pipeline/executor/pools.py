@@ -21,7 +21,6 @@ class Worker:
 
     handle: object
     setup_ref: object
-    created: float = field(default_factory=time.perf_counter)
     ready: Ready | None = None
     in_flight: int = 0
     busy_until: float = 0.0  # when the calls queued at it are due to be done (time limits start from there)
@@ -80,15 +79,12 @@ class StagePool:
         if kill:
             ray.kill(worker.handle)
 
-    def retire_idle(self, keep: int) -> int:
-        """Stop idle workers until ``keep`` are left (or no idle one is); returns how many went."""
-        gone = 0
+    def retire_idle(self, keep: int) -> None:
+        """Stop idle workers until ``keep`` are left (or no idle one is)."""
         for worker in [w for w in self.workers if w.in_flight == 0]:
             if len(self.workers) <= keep:
                 break
             self.drop(worker)
-            gone += 1
-        return gone
 
     def stop(self) -> None:
         for worker in list(self.workers):

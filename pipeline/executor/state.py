@@ -41,7 +41,6 @@ class Decode:
 
     item: Item
     stream: object  # Ray's generator of the task's results: its start, its ``Decoded``, its task
-    submitted: float
     due: float | None = None  # set once it has started
     meta: object = None  # its ``Decoded``, once here
 
